@@ -1,0 +1,47 @@
+"""Exceptions a user can cause. Each subclasses a built-in so ordinary ``except`` works; each message
+says what is wrong with which input and what to do about it."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CareError",
+    "SlideOpenError",
+    "MissingMppError",
+    "NoTissueError",
+    "FeatureMismatchError",
+    "MissingWeightsError",
+    "FeatureFileError",
+    "CheckpointError",
+]
+
+
+class CareError(Exception):
+    """Base class of every error napari-care raises on purpose."""
+
+
+class SlideOpenError(CareError, ValueError):
+    """A slide file is missing, not a slide, truncated, corrupt or of an unsupported kind."""
+
+
+class MissingMppError(CareError, ValueError):
+    """The slide has no (or an absurd) pixel size and the caller gave none."""
+
+
+class NoTissueError(CareError, ValueError):
+    """Tissue detection found nothing to patch."""
+
+
+class FeatureMismatchError(CareError, ValueError):
+    """Features do not fit their consumer (dimension, encoder, µm/px or patch size)."""
+
+
+class MissingWeightsError(CareError, FileNotFoundError):
+    """A model needs a weight file that is not on disk; the message says where to put it."""
+
+
+class FeatureFileError(CareError, ValueError):
+    """A feature file cannot be read (unknown layout, missing datasets, pickle not allowed)."""
+
+
+class CheckpointError(CareError, ValueError):
+    """A CARE checkpoint cannot be loaded or does not fit the features."""
