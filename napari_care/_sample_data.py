@@ -7,6 +7,8 @@ from pathlib import Path
 
 from ._layers import LayerData, slide_layer
 
+SAMPLE_SIZE_PX = (24000, 18000)  # (width, height) at 0.5 µm/px: about 12 × 9 mm; written once (about 30 s), then cached
+
 
 def sample_cache_dir() -> Path:
     """Where the sample slide is kept: $NAPARI_CARE_CACHE, else $XDG_CACHE_HOME/napari-care, else ~/.cache/napari-care."""
@@ -17,11 +19,12 @@ def sample_cache_dir() -> Path:
 
 
 def sample_slide() -> list[LayerData]:
-    """The demo slide (about 12 × 9 mm at 0.5 µm/px) plus its ground-truth compartments as a labels layer."""
+    """The synthetic H&E slide (SAMPLE_SIZE_PX at 0.5 µm/px) plus its ground-truth compartments as a labels layer."""
     from care_core.synth import ensure_sample_slide
     from care_core.wsi import open_slide
 
-    sample = ensure_sample_slide(sample_cache_dir())
+    width_px, height_px = SAMPLE_SIZE_PX
+    sample = ensure_sample_slide(sample_cache_dir(), width_px=width_px, height_px=height_px)
     slide = open_slide(sample.slide_path)
     image = slide_layer(slide, name="sample slide")
     mpp = slide.info.mpp * sample.mask_downsample
