@@ -1,0 +1,43 @@
+"""CARE slide encoder: the model, its output type, checkpoints and the authors' model adapter.
+
+Names are imported on first access (PEP 562), so ``from care_core.model import SlideEncoding`` or the
+region exporters do not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {
+    "CARE": "care",
+    "CAREConfig": "care",
+    "CAREOutput": "care",
+    "SubregionGeometry": "care",
+    "arg_scores": "care",
+    "care_released": "care",
+    "rsl_expected_rank": "care",
+    "soft_inclusion_dense": "care",
+    "subregion_geometry": "care",
+    "SlideEncoding": "encoding",
+    "CheckpointMeta": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "read_checkpoint_meta": "checkpoint",
+    "check_features": "checkpoint",
+    "AuthorsModelAdapter": "hub_adapter",
+    "load_authors_model": "hub_adapter",
+}
+
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'care_core.model' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"care_core.model.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

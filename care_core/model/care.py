@@ -1,0 +1,753 @@
+"""CARE: Cross-modal Adaptive Region Encoder (slide level).
+
+Zhang et al., "CARE", arXiv 2602.21637 (CVPR 2026). The reference implemented here is
+``CARE_METHOD.md`` §2 of this project; its equations are named in comments where they are computed:
+
+    Eq. 1  sub-regions: k×k squares of the patch grid and their anchors s_i
+    Eq. 2  descriptors: f^Q = W F, sub-region transformer -> g^CLS, f^R; learnable query -> g^Q
+    Eq. 3  soft inclusion: d_ji = ||t_j - s_i||, mu_ji = 1 - d_ji / max_j' d_j'i  (matrix C)
+    Eq. 4  ARG: top-3 candidates by C, rho = mean of four softmaxed cosines, w = rho * mu, A(j) = argmax w
+    Eq. 5  RSL: E = mean_j sum_i w~_ji r_j(i),  L_RSL = (E - E*)^2
+    Eq. 6  ARSA: a [CLS] transformer per adaptive region -> g^AR
+    Eq. 7  SPF: beta = softmax(w^T (tanh(V g) * sigmoid(U g))), alpha = coverage,
+           pi = lambda alpha + (1 - lambda) beta, z = sum pi g^AR, ROI = argmax pi
+
+Layout of the computation (all vectorised; memory linear in N):
+- geometry is integer-grid work in numpy (no gradient flows through positions). The soft-inclusion
+  matrix C is never materialised: its column maxima come from the convex hull of the grid (the point
+  of a set farthest from any anchor is a hull vertex), and each patch's top candidates are searched in
+  a growing block of squares around its own, accepted only when a bound proves no square outside the
+  block can beat them (exact; checked against ``soft_inclusion_dense`` in the tests).
+- a batch of slides is packed: patches of all slides are concatenated (canonical order: slide,
+  square, row, col), sub-regions and regions get batch-global ids, transformers run over padded
+  chunks of whole sub-regions / regions with key-padding masks, per-slide reductions are segment ops.
+
+Our choices where the paper is silent (each behind a config field): centre anchors, depth 2 for both
+transformers, the straight-through scale w / stopgrad(w) on tokens entering ARSA, ARSA consumes f^R,
+candidates are ranked for the RSL by Euclidean distance to their anchor (ties: higher inclusion first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.spatial import ConvexHull, QhullError
+from torch import nn
+
+from care_core.errors import FeatureMismatchError
+
+__all__ = [
+    "CAREConfig",
+    "CARE",
+    "CAREOutput",
+    "SubregionGeometry",
+    "subregion_geometry",
+    "soft_inclusion_dense",
+    "arg_scores",
+    "rsl_expected_rank",
+    "care_released",
+]
+
+_ANCHORS = ("center", "corner")
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CAREConfig:
+    """Hyper-parameters of CARE. Defaults are the released configuration."""
+
+    input_dim: int = 768  # patch-feature dimension D (CONCH v1.5)
+    embed_dim: int = 512  # width of every token and of the slide embedding
+    heads: int = 8  # attention heads in both transformers and the query pool
+    k: int = 8  # sub-region side, in patches (k×k squares)
+    subregion_depth: int = 2  # blocks of the sub-region transformer (our choice)
+    arsa_depth: int = 2  # blocks of the adaptive-region transformer (our choice)
+    mlp_ratio: float = 4.0  # MLP hidden width / embed_dim
+    anchor: str = "center"  # sub-region anchor: "center" (our choice) or "corner" (paper)
+    lambda_spf: float = 0.5  # pi = lambda * alpha + (1 - lambda) * beta
+    spf_dim: int = 256  # hidden width of the gated attention (V, U)
+    rsl_target: float = 0.5  # E*, target expected candidate rank
+    lambda_rsl: float = 0.1  # weight of L_RSL in training losses
+    n_candidates: int = 3  # candidate sub-regions per patch (|I_j|)
+    straight_through: bool = True  # tokens entering ARSA scaled by w / stopgrad(w) (our choice)
+    dropout: float = 0.0  # dropout in attention and MLPs
+    fixed_regions: bool = False  # ablation: each patch stays in its own square (no ARG)
+    use_gcls: bool = True  # ablation: use g^CLS in the ARG similarities
+    use_gq: bool = True  # ablation: use g^Q in the ARG similarities
+    use_fr: bool = True  # ablation: False uses f^Q in place of f^R in the ARG similarities
+    chunk_tokens: int = 2048  # padded tokens per transformer chunk (bounds inference memory)
+
+    def __post_init__(self) -> None:
+        if self.anchor not in _ANCHORS:
+            raise ValueError(f"anchor={self.anchor!r} is not one of {_ANCHORS}")
+        if self.embed_dim % self.heads:
+            raise ValueError(f"embed_dim={self.embed_dim} is not divisible by heads={self.heads}")
+        for name in ("input_dim", "embed_dim", "heads", "k", "n_candidates", "chunk_tokens", "spf_dim"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
+        if not 0.0 <= self.lambda_spf <= 1.0:
+            raise ValueError(f"lambda_spf={self.lambda_spf} must lie in [0, 1]")
+        if not (self.fixed_regions or self.use_gcls or self.use_gq):
+            raise ValueError("use_gcls=False and use_gq=False leave ARG without descriptors; keep one")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> CAREConfig:
+        """Build a config from a dict; an unknown key is an error that lists the valid ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown CARE config key(s) {unknown}; valid keys: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# Geometry (numpy, integer grid): Eq. 1 and Eq. 3
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubregionGeometry:
+    """Sub-regions of one slide and each patch's candidate squares (grid units, numpy).
+
+    grid: [N, 2] int64 (col, row), shifted so that the minimum is 0.
+    patch_subregion: [N] own square of each patch; squares are numbered in raster order (row, col).
+    square_ij: [M, 2] (square col, square row); anchors: [M, 2] float64 anchor s_i (x=col, y=row).
+    col_max: [M] max_j d_ji (the column maxima of Eq. 3).
+    candidates: [N, c] square ids sorted by inclusion (descending; ties: lower id), -1 where M < c.
+    inclusion: [N, c] mu_ji of each candidate; distance: [N, c] d_ji; valid: [N, c] bool.
+    rank: [N, c] spatial rank of each candidate, 0 = nearest anchor (Eq. 5).
+    """
+
+    grid: np.ndarray
+    patch_subregion: np.ndarray
+    square_ij: np.ndarray
+    anchors: np.ndarray
+    col_max: np.ndarray
+    candidates: np.ndarray
+    inclusion: np.ndarray
+    distance: np.ndarray
+    valid: np.ndarray
+    rank: np.ndarray
+
+    @property
+    def n_subregions(self) -> int:
+        return int(len(self.square_ij))
+
+
+def _squares(grid: np.ndarray, k: int, anchor: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Eq. 1: shifted grid, own square per patch, square (col, row) and anchors, squares in raster order."""
+    g = np.asarray(grid, dtype=np.int64).reshape(-1, 2)
+    g = g - g.min(axis=0)
+    sq = g // k
+    n_cols = int(sq[:, 0].max()) + 1
+    squares, patch_sub = np.unique(sq[:, 1] * n_cols + sq[:, 0], return_inverse=True)
+    square_ij = np.stack([squares % n_cols, squares // n_cols], axis=1)
+    offset = (k - 1) / 2.0 if anchor == "center" else 0.0
+    return g, patch_sub.reshape(-1), square_ij, square_ij * k + offset
+
+
+def _inclusion(points: np.ndarray, anchors: np.ndarray, col_max: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 3: d = ||t - s||, mu = 1 - d / D (mu = 1 where D = 0, i.e. one point on its anchor)."""
+    d = np.sqrt(((points - anchors) ** 2).sum(axis=-1))
+    return d, 1.0 - d / np.where(col_max > 0, col_max, 1.0)
+
+
+def _hull_points(g: np.ndarray) -> np.ndarray:
+    """Vertices of the convex hull of the grid points (or extreme points of a degenerate set)."""
+    pts = np.unique(g, axis=0).astype(np.float64)
+    if len(pts) <= 4:
+        return pts
+    try:
+        return pts[ConvexHull(pts).vertices]
+    except QhullError:  # collinear: the two ends of the segment are among these extremes
+        keys = np.stack([pts[:, 0], pts[:, 1], pts.sum(1), pts[:, 0] - pts[:, 1]], axis=1)
+        return pts[np.unique(np.concatenate([keys.argmin(0), keys.argmax(0)]))]
+
+
+def _farthest(points: np.ndarray, hull: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """max over the slide's patches of the distance to each point: the max over hull vertices."""
+    out = np.empty(len(points))
+    for a in range(0, len(points), chunk):
+        diff = points[a : a + chunk, None, :] - hull[None]
+        out[a : a + chunk] = np.sqrt((diff**2).sum(-1)).max(1)
+    return out
+
+
+def soft_inclusion_dense(grid: np.ndarray, k: int = 8, anchor: str = "center") -> np.ndarray:
+    """Eq. 3 as the full [N, M] matrix C (reference for tests; O(N·M) memory)."""
+    g, _, _, anchors = _squares(grid, k, anchor)
+    d = np.sqrt(((g[:, None, :] - anchors[None]) ** 2).sum(-1))
+    return 1.0 - d / np.where(d.max(axis=0) > 0, d.max(axis=0), 1.0)
+
+
+def _rank_by_distance(distance: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    d = np.where(valid, distance, np.inf)
+    return np.argsort(np.argsort(d, axis=1, kind="stable"), axis=1, kind="stable")
+
+
+def subregion_geometry(grid: np.ndarray, k: int = 8, anchor: str = "center", n_candidates: int = 3) -> SubregionGeometry:
+    """Sub-regions, column maxima and exact top-``n_candidates`` squares per patch (Eq. 1, 3, 4).
+
+    Candidates are searched in a (2R+1)² block of squares around the patch's own square for R = 1, 2,
+    4, 8, then over all squares. A patch's block result is accepted when the c-th best inclusion beats
+    an upper bound for any square outside the block: with L the distance from t_j to the nearest anchor
+    outside the block and F_j the distance from t_j to its farthest patch, every outside square has
+    mu <= min(F_j / (L + F_j), 1 - L / max_i D_i) (triangle inequality D_i <= d_ji + F_j).
+    """
+    if anchor not in _ANCHORS:
+        raise ValueError(f"anchor={anchor!r} is not one of {_ANCHORS}")
+    grid = np.asarray(grid)
+    if grid.ndim != 2 or grid.shape[1] != 2 or len(grid) == 0:
+        raise ValueError(f"grid of shape {grid.shape} must be [N, 2] with N >= 1")
+    g, patch_sub, square_ij, anchors = _squares(grid, k, anchor)
+    n, m, c = len(g), len(square_ij), n_candidates
+    hull = _hull_points(g)
+    col_max = _farthest(anchors, hull)
+    far = _farthest(g.astype(np.float64), hull)
+    d_max = float(col_max.max())
+    n_sq_cols, n_sq_rows = int(square_ij[:, 0].max()) + 1, int(square_ij[:, 1].max()) + 1
+    lookup = np.full((n_sq_rows, n_sq_cols), -1, dtype=np.int64)
+    lookup[square_ij[:, 1], square_ij[:, 0]] = np.arange(m)
+    offset = (k - 1) / 2.0 if anchor == "center" else 0.0
+
+    cand = np.full((n, c), -1, dtype=np.int64)
+    incl = np.zeros((n, c))
+    dist = np.zeros((n, c))
+    todo = np.arange(n)
+    for radius in (1, 2, 4, 8):
+        if not len(todo):
+            break
+        own = square_ij[patch_sub[todo]]  # [n, 2] (col, row) of the own square
+        steps = np.arange(-radius, radius + 1)
+        dr, dc = np.meshgrid(steps, steps, indexing="ij")  # raster order: ids increase along the block
+        cols = own[:, :1] + dc.reshape(1, -1)
+        rows = own[:, 1:] + dr.reshape(1, -1)
+        inside = (cols >= 0) & (cols < n_sq_cols) & (rows >= 0) & (rows < n_sq_rows)
+        ids = np.where(inside, lookup[rows.clip(0, n_sq_rows - 1), cols.clip(0, n_sq_cols - 1)], -1)
+        ok = ids >= 0
+        d, mu = _inclusion(g[todo, None, :].astype(np.float64), anchors[ids.clip(0)], col_max[ids.clip(0)])
+        mu = np.where(ok, mu, -np.inf)
+        order = np.argsort(-mu, axis=1, kind="stable")[:, :c]
+        top_mu = np.take_along_axis(mu, order, 1)
+        # Bound for squares outside the block (Eq. 3 upper bound, see docstring).
+        t = g[todo].astype(np.float64)
+        lo = (own - radius - 1) * k + offset
+        hi = (own + radius + 1) * k + offset
+        near = np.minimum(hi - t, t - lo).min(axis=1)
+        bound = np.minimum(far[todo] / (near + far[todo]), 1.0 - near / max(d_max, 1e-300))
+        covers_all = (own - radius <= 0).all(1) & (own[:, 0] + radius >= n_sq_cols - 1) & (own[:, 1] + radius >= n_sq_rows - 1)
+        n_ok = min(c, m)
+        accept = covers_all | (top_mu[:, n_ok - 1] > bound + 1e-12)
+        sel = todo[accept]
+        cand[sel] = np.where(np.isfinite(top_mu[accept]), np.take_along_axis(ids, order, 1)[accept], -1)
+        incl[sel] = np.where(np.isfinite(top_mu[accept]), top_mu[accept], 0.0)
+        dist[sel] = np.take_along_axis(d, order, 1)[accept]
+        todo = todo[~accept]
+    if len(todo):  # rare: exact search over every square, in row chunks
+        rows_per = max(1, (1 << 22) // m)
+        for a in range(0, len(todo), rows_per):
+            part = todo[a : a + rows_per]
+            d, mu = _inclusion(g[part, None, :].astype(np.float64), anchors[None], col_max[None])
+            order = np.argsort(-mu, axis=1, kind="stable")[:, :c]
+            k_eff = order.shape[1]
+            cand[part, :k_eff] = order
+            incl[part, :k_eff] = np.take_along_axis(mu, order, 1)
+            dist[part, :k_eff] = np.take_along_axis(d, order, 1)
+    valid = cand >= 0
+    return SubregionGeometry(
+        grid=g,
+        patch_subregion=patch_sub,
+        square_ij=square_ij,
+        anchors=anchors,
+        col_max=col_max,
+        candidates=cand,
+        inclusion=incl,
+        distance=dist,
+        valid=valid,
+        rank=_rank_by_distance(dist, valid),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure scoring functions: Eq. 4 and Eq. 5
+# --------------------------------------------------------------------------------------------------
+
+
+def arg_scores(
+    f_q: torch.Tensor,
+    f_r: torch.Tensor,
+    g_q: torch.Tensor | None,
+    g_cls: torch.Tensor | None,
+    valid: torch.Tensor,
+) -> torch.Tensor:
+    """Eq. 4: rho [N, c] = mean of the softmaxes over candidates of the available cosine similarities.
+
+    f_q, f_r: [N, E] patch tokens; g_q, g_cls: [N, c, E] descriptors of each patch's candidates (None
+    drops the two similarities that use it); valid: [N, c] bool (invalid candidates get rho = 0).
+    """
+    if g_q is None and g_cls is None:
+        raise ValueError("arg_scores needs g_q or g_cls")
+    sims = []
+    with torch.autocast(f_q.device.type, enabled=False):  # cosines and softmax in float32
+        for g in (g_q, g_cls):
+            if g is None:
+                continue
+            g_hat = F.normalize(g.float(), dim=-1)
+            for f in (f_q, f_r):
+                sims.append(torch.einsum("ne,nce->nc", F.normalize(f.float(), dim=-1), g_hat))
+        neg = torch.finfo(torch.float32).min
+        soft = [torch.softmax(s.masked_fill(~valid, neg), dim=1) for s in sims]
+        return torch.stack(soft, 0).mean(0) * valid
+
+
+def rsl_expected_rank(w: torch.Tensor, rank: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Eq. 5: per patch sum_i w~_ji r_j(i), with w~ = w normalised over the valid candidates. [N]."""
+    w = w.float() * valid
+    w_tilde = w / w.sum(1, keepdim=True).clamp_min(1e-12)
+    return (w_tilde * rank.to(w.dtype)).sum(1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------------
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a key-padding mask (True = real token)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        b, n, e = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, e // self.heads).permute(2, 0, 3, 1, 4)
+        p = self.dropout if self.training else 0.0
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=p)
+        return self.proj(o.transpose(1, 2).reshape(b, n, e))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), key_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class ClsEncoder(nn.Module):
+    """A [CLS]-prepended transformer over padded token groups: returns (CLS output [B, E], tokens [B, L, E])."""
+
+    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float, dropout: float) -> None:
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([self.cls_token.expand(len(tokens), -1, -1).to(tokens.dtype), tokens], 1)
+        key_mask = torch.cat([mask.new_ones(len(mask), 1), mask], 1)
+        for blk in self.blocks:
+            x = blk(x, key_mask)
+        x = self.norm(x)
+        return x[:, 0], x[:, 1:]
+
+
+class QueryPool(nn.Module):
+    """A learnable query cross-attending over a token group: g^Q (Eq. 2)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Parameter(torch.zeros(1, 1, dim))
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, n, e = tokens.shape
+        h = self.heads
+        q = self.q(self.query.to(tokens.dtype)).reshape(1, 1, h, e // h).transpose(1, 2).expand(b, -1, -1, -1)
+        k, v = self.kv(tokens).reshape(b, n, 2, h, e // h).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        return self.proj(o.transpose(1, 2).reshape(b, e))
+
+
+class GatedAttention(nn.Module):
+    """Eq. 7 score: s_i = w^T (tanh(V g_i) * sigmoid(U g_i))."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.v = nn.Linear(dim, hidden)
+        self.u = nn.Linear(dim, hidden)
+        self.w = nn.Linear(hidden, 1)
+
+    def forward(self, g: torch.Tensor) -> torch.Tensor:
+        return self.w(torch.tanh(self.v(g)) * torch.sigmoid(self.u(g))).squeeze(-1)
+
+
+def _segment_softmax(scores: torch.Tensor, segment: torch.Tensor, n_segments: int) -> torch.Tensor:
+    """Softmax of ``scores`` within each segment id (float32)."""
+    s = scores.float()
+    seg_max = torch.full((n_segments,), -torch.inf, device=s.device).scatter_reduce(0, segment, s, "amax")
+    e = torch.exp(s - seg_max[segment])
+    return e / torch.zeros(n_segments, device=s.device).index_add(0, segment, e)[segment]
+
+
+def _padded_groups(starts: torch.Tensor, sizes: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index [G, width] into a grouped token array and its mask, for groups [start, start + size)."""
+    slot = torch.arange(width, device=starts.device)
+    mask = slot[None] < sizes[:, None]
+    return torch.where(mask, starts[:, None] + slot[None], starts[:, None]), mask
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CAREOutput:
+    """Batched (packed) forward output; torch tensors that keep their gradient.
+
+    Patch-level fields are in the caller's patch order, concatenated over slides (``patch_offsets``
+    [B+1] delimits them); region-level fields are concatenated over slides (``region_offsets``).
+    Ids (``patch_region``, ``region_subregion``, ``candidates``, ``roi``) are local to their slide.
+    """
+
+    patch_offsets: torch.Tensor  # [B+1]
+    region_offsets: torch.Tensor  # [B+1]
+    region_embeddings: torch.Tensor  # [R, E] g^AR
+    region_slide: torch.Tensor  # [R] slide index of each region
+    region_subregion: torch.Tensor  # [R] square each region came from (local id)
+    region_size: torch.Tensor  # [R] patches per region
+    patch_region: torch.Tensor  # [N] region id (local, 0..R_b-1)
+    candidates: torch.Tensor  # [N, c] candidate squares (local ids, -1 = none)
+    candidate_rank: torch.Tensor  # [N, c] spatial rank (0 = nearest)
+    candidate_scores: torch.Tensor | None  # [N, c] w = rho * mu (None with fixed regions)
+    rsl: torch.Tensor  # [B] E, expected candidate rank (NaN with fixed regions)
+    rsl_loss: torch.Tensor  # [B] (E - E*)^2 (0 with fixed regions)
+    patch_tokens: torch.Tensor | None  # [N, E] ARSA outputs per patch (for masked-token losses)
+    slide_embedding: torch.Tensor | None = None  # [B, E] z (set by forward_head)
+    pi: torch.Tensor | None = None  # [R]
+    alpha: torch.Tensor | None = None  # [R]
+    beta: torch.Tensor | None = None  # [R]
+    roi: torch.Tensor | None = None  # [B] local region id of the ROI
+
+    @property
+    def n_slides(self) -> int:
+        return len(self.patch_offsets) - 1
+
+
+class CARE(nn.Module):
+    """CARE slide encoder: patch features + grid positions -> adaptive regions, region and slide embeddings.
+
+    ``CARE()`` is the released configuration, randomly initialised; ``CARE(k=6)`` or
+    ``CARE(CAREConfig(...))`` overrides it; ``CARE.from_seed(seed, **cfg)`` gives a fixed init.
+    Training calls ``forward`` (grad-carrying ``CAREOutput``); inference calls ``encode``.
+    """
+
+    def __init__(self, config: CAREConfig | dict | None = None, **overrides) -> None:
+        super().__init__()
+        base = config.to_dict() if isinstance(config, CAREConfig) else dict(config or {})
+        self.config = CAREConfig.from_dict({**base, **overrides})
+        cfg = self.config
+        e = cfg.embed_dim
+        self.proj_in = nn.Linear(cfg.input_dim, e)  # Eq. 2: f^Q = W F
+        self.mask_token = nn.Parameter(torch.zeros(e))  # replaces masked patch tokens (iBOT student)
+        self.subregion_encoder = ClsEncoder(e, cfg.subregion_depth, cfg.heads, cfg.mlp_ratio, cfg.dropout)
+        self.query_pool = QueryPool(e, cfg.heads)
+        self.arsa = ClsEncoder(e, cfg.arsa_depth, cfg.heads, cfg.mlp_ratio, cfg.dropout)
+        self.spf = GatedAttention(e, cfg.spf_dim)
+        self.apply(self._init_weights)
+        for p in (self.subregion_encoder.cls_token, self.arsa.cls_token, self.query_pool.query):
+            nn.init.trunc_normal_(p, std=0.02)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+
+    @classmethod
+    def from_seed(cls, seed: int, config: CAREConfig | dict | None = None, **overrides) -> CARE:
+        """A CARE whose random initialisation is fixed by ``seed`` (global RNG state untouched)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(config, **overrides)
+
+    @property
+    def device(self) -> torch.device:
+        return self.proj_in.weight.device
+
+    # ---------------------------------------------------------------- inputs and geometry
+    def _prepare(self, features: Sequence[torch.Tensor], grids: Sequence, token_mask: Sequence | None) -> dict:
+        cfg = self.config
+        if len(features) != len(grids) or not len(features):
+            raise ValueError(f"need one grid per feature tensor and at least one slide (got {len(features)} and {len(grids)})")
+        geoms, perms, xs, masks = [], [], [], []
+        n_off, m_off = [0], [0]
+        for b, (x, grid) in enumerate(zip(features, grids)):
+            x = torch.as_tensor(x)
+            if x.ndim != 2 or x.shape[1] != cfg.input_dim:
+                raise FeatureMismatchError(
+                    f"slide {b}: features of shape {tuple(x.shape)} do not fit this CARE (input_dim={cfg.input_dim}); "
+                    "use features from the patch encoder the model was trained on"
+                )
+            grid = np.asarray(torch.as_tensor(grid).cpu(), dtype=np.int64)
+            if len(grid) != len(x) or len(x) == 0:
+                raise ValueError(f"slide {b}: {len(x)} feature rows but grid of shape {grid.shape}; need N >= 1 of each")
+            geo = subregion_geometry(grid, cfg.k, cfg.anchor, cfg.n_candidates)
+            # canonical order: own square (raster), then row, then col — makes results independent of input order
+            perm = np.lexsort((geo.grid[:, 0], geo.grid[:, 1], geo.patch_subregion))
+            geoms.append(geo)
+            perms.append(perm + n_off[-1])
+            xs.append(x)
+            if token_mask is not None:
+                masks.append(torch.as_tensor(token_mask[b], dtype=torch.bool).reshape(-1))
+                if len(masks[-1]) != len(x):
+                    raise ValueError(f"slide {b}: token_mask has {len(masks[-1])} entries for {len(x)} patches")
+            n_off.append(n_off[-1] + len(x))
+            m_off.append(m_off[-1] + geo.n_subregions)
+        dev = self.device
+        perm = torch.as_tensor(np.concatenate(perms), device=dev)
+
+        def cat(name: str) -> np.ndarray:  # a geometry field of every slide, canonical order
+            return np.concatenate([getattr(g, name)[q - o] for g, q, o in zip(geoms, perms, n_off)])
+
+        def t(a: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
+            return torch.as_tensor(a, device=dev, dtype=dtype)
+
+        square_offset = np.repeat(np.array(m_off[:-1]), np.diff(n_off))  # first global square id of each patch's slide
+        square = cat("patch_subregion") + square_offset
+        cand_local = cat("candidates")
+        cand = np.where(cand_local >= 0, cand_local + square_offset[:, None], -1)
+        prep = {
+            "n_off": t(np.array(n_off)),
+            "m_off": t(np.array(m_off)),
+            "perm": perm,
+            "xs": xs,
+            "square": t(square),
+            "cand": t(cand),
+            "cand_local": t(cand_local),
+            "mu": t(cat("inclusion"), torch.float32),
+            "rank": t(cat("rank")),
+            "valid": t(cat("valid")),
+            "patch_slide": t(np.repeat(np.arange(len(xs)), np.diff(n_off))),
+            "square_slide": t(np.repeat(np.arange(len(xs)), np.diff(m_off))),
+        }
+        prep["token_mask"] = torch.cat(masks).to(dev)[perm] if masks else None
+        return prep
+
+    # ---------------------------------------------------------------- Eq. 2: descriptors
+    def _describe_subregions(self, f_q: torch.Tensor, square: torch.Tensor, n_squares: int):
+        """Sub-region transformer over padded k×k groups: f^R [N, E], g^CLS [M, E], g^Q [M, E] (chunked)."""
+        cfg = self.config
+        sizes = torch.bincount(square, minlength=n_squares)
+        width = max(cfg.k * cfg.k, int(sizes.max()))  # more than k*k only with duplicate grid positions
+        starts = torch.cumsum(sizes, 0) - sizes
+        per_chunk = max(1, cfg.chunk_tokens // (width + 1))
+        f_r, g_cls, g_q = [], [], []
+        for a in range(0, n_squares, per_chunk):
+            idx, mask = _padded_groups(starts[a : a + per_chunk], sizes[a : a + per_chunk], width)
+            cls_out, tok = self.subregion_encoder(f_q[idx], mask)
+            f_r.append(tok[mask])  # patches are grouped by square, so this is canonical order
+            g_cls.append(cls_out)
+            if cfg.use_gq and not cfg.fixed_regions:
+                g_q.append(self.query_pool(tok, mask))
+        return torch.cat(f_r), torch.cat(g_cls), (torch.cat(g_q) if g_q else None)
+
+    # ---------------------------------------------------------------- Eq. 4: ARG
+    def _candidate_similarity(self, f_q, f_r, g_q, g_cls, cand, valid, chunk: int = 8192) -> torch.Tensor:
+        """rho [N, c] for every patch, gathering candidate descriptors in patch chunks."""
+        cfg = self.config
+        out = []
+        for a in range(0, len(f_q), chunk):
+            c = cand[a : a + chunk].clamp_min(0)
+            out.append(
+                arg_scores(
+                    f_q[a : a + chunk],
+                    (f_r if cfg.use_fr else f_q)[a : a + chunk],  # ablation: f^Q in place of f^R
+                    g_q[c] if cfg.use_gq else None,
+                    g_cls[c] if cfg.use_gcls else None,
+                    valid[a : a + chunk],
+                )
+            )
+        return torch.cat(out)
+
+    # ---------------------------------------------------------------- Eq. 6: ARSA
+    def _encode_regions(self, grouped: torch.Tensor, sizes: torch.Tensor, want_tokens: bool):
+        """ARSA over region-grouped tokens (``sizes`` [R] consecutive runs): g^AR [R, E] and, optionally,
+        the per-patch outputs in the same grouped order."""
+        starts = torch.cumsum(sizes, 0) - sizes
+        per_chunk = max(1, self.config.chunk_tokens // (int(sizes.max()) + 1))
+        g_ar, outs = [], []
+        for a in range(0, len(sizes), per_chunk):
+            s = sizes[a : a + per_chunk]
+            idx, mask = _padded_groups(starts[a : a + per_chunk], s, int(s.max()))
+            cls_out, tok = self.arsa(grouped[idx], mask)
+            g_ar.append(cls_out)
+            if want_tokens:
+                outs.append(tok[mask])
+        return torch.cat(g_ar), (torch.cat(outs) if want_tokens else None)
+
+    def forward_features(
+        self,
+        features: Sequence[torch.Tensor],
+        grids: Sequence,
+        *,
+        token_mask: Sequence | None = None,
+        return_patch_tokens: bool = True,
+    ) -> CAREOutput:
+        """Sub-regions, ARG, RSL and ARSA for a batch of slides (lists of [N_b, D] features, [N_b, 2] grids).
+
+        token_mask: optional list of [N_b] bool; True patches get ``mask_token`` in place of f^Q.
+        """
+        cfg = self.config
+        p = self._prepare(features, grids, token_mask)
+        n_slides = len(p["n_off"]) - 1
+        n_squares = int(p["m_off"][-1])
+        w_dtype = self.proj_in.weight.dtype
+        f_q = [self.proj_in(x.to(self.device, w_dtype)) for x in p["xs"]]  # Eq. 2: f^Q
+        f_q = (f_q[0] if len(f_q) == 1 else torch.cat(f_q))[p["perm"]]
+        if p["token_mask"] is not None:
+            f_q = torch.where(p["token_mask"][:, None], self.mask_token.to(f_q.dtype), f_q)
+        f_r, g_cls, g_q = self._describe_subregions(f_q, p["square"], n_squares)
+
+        cand, valid = p["cand"], p["valid"]
+        if cfg.fixed_regions:
+            assigned = p["square"]
+            tokens = f_r
+            scores = None
+            rsl = torch.full((n_slides,), float("nan"), device=self.device)
+            rsl_loss = torch.zeros(n_slides, device=self.device)
+        else:
+            rho = self._candidate_similarity(f_q, f_r, g_q, g_cls, cand, valid)  # Eq. 4: rho
+            scores = rho * p["mu"]  # Eq. 4: w = rho * mu
+            pick = scores.detach().masked_fill(~valid, -1.0).argmax(1)  # Eq. 4: A(j) = argmax w
+            assigned = cand.gather(1, pick[:, None]).squeeze(1)
+            tokens = f_r
+            if cfg.straight_through and torch.is_grad_enabled():  # our choice: value 1, gradient of w
+                w_a = scores.gather(1, pick[:, None])
+                tokens = f_r * (w_a / w_a.detach().clamp_min(1e-12)).to(f_r.dtype)
+            per_patch = rsl_expected_rank(scores, p["rank"], valid)  # Eq. 5
+            counts = torch.bincount(p["patch_slide"], minlength=n_slides).float()
+            rsl = torch.zeros(n_slides, device=self.device).index_add(0, p["patch_slide"], per_patch) / counts
+            rsl_loss = (rsl - cfg.rsl_target) ** 2
+
+        # adaptive regions: non-empty assigned squares, numbered in (slide, raster) order
+        used, region = torch.unique(assigned, sorted=True, return_inverse=True)
+        n_regions = len(used)
+        region_slide = p["square_slide"][used]
+        region_offsets = torch.cat([region_slide.new_zeros(1), torch.cumsum(torch.bincount(region_slide, minlength=n_slides), 0)])
+        order = torch.argsort(region, stable=True)
+        grouped = tokens[order]
+        del tokens, f_r, f_q, g_cls, g_q  # without autograd this frees them before ARSA
+        g_ar, grouped_out = self._encode_regions(grouped, torch.bincount(region, minlength=n_regions), return_patch_tokens)  # Eq. 6
+        patch_tokens = None if grouped_out is None else grouped_out[torch.argsort(order)]
+
+        inv = torch.empty_like(p["perm"])
+        inv[p["perm"]] = torch.arange(len(inv), device=inv.device)
+        slide_of_patch = p["patch_slide"]
+        return CAREOutput(
+            patch_offsets=p["n_off"],
+            region_offsets=region_offsets,
+            region_embeddings=g_ar,
+            region_slide=region_slide,
+            region_subregion=used - p["m_off"][region_slide],
+            region_size=torch.bincount(region, minlength=n_regions),
+            patch_region=(region - region_offsets[slide_of_patch])[inv],
+            candidates=p["cand_local"][inv],
+            candidate_rank=p["rank"][inv],
+            candidate_scores=None if scores is None else scores[inv],
+            rsl=rsl,
+            rsl_loss=rsl_loss,
+            patch_tokens=None if patch_tokens is None else patch_tokens[inv],
+        )
+
+    def forward_head(self, out: CAREOutput) -> CAREOutput:
+        """Eq. 7: SPF weights, slide embedding and ROI, filled into ``out``."""
+        n_slides = out.n_slides
+        seg = out.region_slide
+        beta = _segment_softmax(self.spf(out.region_embeddings), seg, n_slides)  # Eq. 7: beta
+        n_patches = (out.patch_offsets[1:] - out.patch_offsets[:-1]).float()
+        alpha = out.region_size.float() / n_patches[seg]  # Eq. 7: coverage prior
+        lam = self.config.lambda_spf
+        pi = lam * alpha + (1.0 - lam) * beta  # Eq. 7: fused weight
+        g = out.region_embeddings
+        z = torch.zeros(n_slides, g.shape[1], device=g.device, dtype=torch.float32)
+        z = z.index_add(0, seg, pi[:, None] * g.float())  # Eq. 7: z = sum pi g^AR
+        best = torch.full((n_slides,), -1.0, device=g.device).scatter_reduce(0, seg, pi.detach(), "amax")
+        is_best = pi.detach() == best[seg]
+        idx = torch.arange(len(pi), device=g.device)
+        first = torch.full((n_slides,), len(pi), device=g.device).scatter_reduce(0, seg, torch.where(is_best, idx, len(pi)), "amin")
+        out.slide_embedding, out.pi, out.alpha, out.beta = z, pi, alpha, beta
+        out.roi = first - out.region_offsets[:-1]  # Eq. 7: ROI = argmax pi (first on ties)
+        return out
+
+    def forward(self, features: Sequence[torch.Tensor], grids: Sequence, *, token_mask: Sequence | None = None,
+                return_patch_tokens: bool = True) -> CAREOutput:
+        """Full CARE on a batch of slides; see ``forward_features`` for the arguments."""
+        return self.forward_head(
+            self.forward_features(features, grids, token_mask=token_mask, return_patch_tokens=return_patch_tokens)
+        )
+
+    # ---------------------------------------------------------------- inference
+    def encode_batch(self, slides: Sequence, *, autocast: bool | None = None) -> list:
+        """Encode ``PatchFeatures`` of several slides in one packed pass -> one ``SlideEncoding`` each.
+
+        autocast: run the transformers in bfloat16 (default: on CUDA only).
+        """
+        from care_core.model.encoding import SlideEncoding
+
+        for pf in slides:
+            if pf.dim != self.config.input_dim:
+                raise FeatureMismatchError(
+                    f"features of {pf.slide_path or 'this slide'} are {pf.dim}-d (encoder {pf.encoder or 'unknown'!r}) "
+                    f"but this CARE expects input_dim={self.config.input_dim}; use a matching checkpoint or re-extract features"
+                )
+        dev = self.device
+        use_amp = dev.type == "cuda" if autocast is None else autocast
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+            out = self.forward(
+                [torch.from_numpy(np.ascontiguousarray(pf.features, dtype=np.float32)) for pf in slides],
+                [pf.grid_indices() for pf in slides],
+                return_patch_tokens=False,
+            )
+        return [SlideEncoding.from_output(out, b, slides[b], self.config) for b in range(len(slides))]
+
+    def encode(self, features, *, autocast: bool | None = None):
+        """Encode one slide's ``PatchFeatures`` -> ``SlideEncoding`` (numpy fields)."""
+        return self.encode_batch([features], autocast=autocast)[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Named constructors
+# --------------------------------------------------------------------------------------------------
+
+
+def care_released(seed: int | None = None, **overrides) -> CARE:
+    """The released configuration (768-d CONCH v1.5 input, 512-d, 8 heads, k = 8), randomly initialised."""
+    return CARE(**overrides) if seed is None else CARE.from_seed(seed, **overrides)
+
