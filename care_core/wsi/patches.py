@@ -1,0 +1,92 @@
+"""Patch grid at a physical resolution: level-0 corners of the patches that hold enough tissue."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from care_core.errors import MissingMppError, NoTissueError
+from care_core.wsi.slide import Slide
+from care_core.wsi.tissue import TissueMask, detect_tissue
+
+__all__ = ["PatchGrid", "patch_grid", "read_level_for_mpp", "tissue_fractions"]
+
+
+@dataclass(frozen=True)
+class PatchGrid:
+    """Non-overlapping square patches: level-0 (x, y) corners, side in level-0 px and at ``target_mpp``."""
+
+    coords: np.ndarray
+    patch_size_level0: int
+    patch_px: int
+    target_mpp: float
+    level: int
+    tissue_fraction: np.ndarray
+
+
+def read_level_for_mpp(slide: Slide, target_mpp: float) -> int:
+    """The coarsest level whose µm/px is at or finer than ``target_mpp`` (level 0 if none is)."""
+    if slide.mpp is None:
+        raise MissingMppError(f"{slide.path}: pixel size unknown; pass mpp= to open_slide (CLI: --mpp)")
+    return slide.get_best_level_for_downsample(target_mpp / slide.mpp)
+
+
+def tissue_fractions(tissue: TissueMask, coords_level0: np.ndarray, size_level0: int) -> np.ndarray:
+    """Fraction of mask pixels set inside each square patch (mask boxes rounded to whole mask px)."""
+    mask = tissue.mask
+    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int64)
+    table[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
+    ds = tissue.downsample
+
+    def box(start: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        lo = np.clip(np.round(start / ds).astype(np.int64), 0, limit)
+        hi = np.clip(np.round((start + size_level0) / ds).astype(np.int64), 0, limit)
+        return lo, np.maximum(hi, np.minimum(lo + 1, limit))
+
+    x0, x1 = box(coords_level0[:, 0], mask.shape[1])
+    y0, y1 = box(coords_level0[:, 1], mask.shape[0])
+    inside = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+    area = np.maximum((x1 - x0) * (y1 - y0), 1)
+    return inside / area
+
+
+def patch_grid(
+    slide: Slide,
+    tissue: TissueMask | None = None,
+    *,
+    target_mpp: float = 0.5,
+    patch_px: int = 512,
+    min_tissue: float = 0.25,
+) -> PatchGrid:
+    """Whole patches of ``patch_px`` px at ``target_mpp`` µm/px tiling the slide from (0, 0), kept when
+    their tissue fraction is >= ``min_tissue``. ``tissue`` defaults to ``detect_tissue(slide)``.
+
+    Raises MissingMppError when the slide's pixel size is unknown, NoTissueError when no patch is kept.
+    """
+    if slide.mpp is None:
+        raise MissingMppError(
+            f"{slide.path}: the slide records no pixel size, so a {target_mpp} µm/px grid cannot be placed; "
+            f"pass the scan's µm/px with mpp= to open_slide (CLI: --mpp)"
+        )
+    if target_mpp <= 0 or patch_px <= 0:
+        raise ValueError(f"target_mpp={target_mpp!r} and patch_px={patch_px!r} must be positive")
+    size = int(round(patch_px * target_mpp / slide.mpp))
+    w0, h0 = slide.dimensions
+    if size < 1 or size > min(w0, h0):
+        raise ValueError(
+            f"{slide.path}: a {patch_px} px patch at {target_mpp} µm/px is {size} level-0 px, which does not fit "
+            f"the {w0}x{h0} px slide; use a smaller patch_px or a finer target_mpp"
+        )
+    tissue = detect_tissue(slide) if tissue is None else tissue
+    ys, xs = np.mgrid[0 : h0 - size + 1 : size, 0 : w0 - size + 1 : size]
+    coords = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.int64)
+    fraction = tissue_fractions(tissue, coords, size)
+    keep = fraction >= min_tissue
+    if not keep.any():
+        raise NoTissueError(
+            f"{slide.path}: no {size} px patch has tissue fraction >= {min_tissue} (best {fraction.max():.2f}); "
+            f"lower min_tissue or check the tissue mask"
+        )
+    return PatchGrid(coords=coords[keep], patch_size_level0=size, patch_px=patch_px, target_mpp=float(target_mpp),
+                     level=read_level_for_mpp(slide, target_mpp), tissue_fraction=fraction[keep])
