@@ -17,7 +17,7 @@ MPP = 2.0  # µm/px at level 0 of the drawn slides
 BIG = (500, 600, 350)  # disc (cx, cy, r) in level-0 px
 SMALL = (1250, 450, 200)
 HOLE = (500, 600, 100)  # 0.126 mm²: kept as a hole
-PINHOLE = (1250, 450, 15)  # 0.0028 mm² < 0.005 mm²: filled
+PINHOLE = (1250, 450, 15)  # 0.0028 mm² < 0.1 mm²: filled
 SPECK = (1250, 1000, 20)  # 0.005 mm² < 0.01 mm²: dropped
 
 
@@ -107,3 +107,21 @@ def test_mask_polygons_hand_made():
     # contours run through pixel-edge midpoints: corners are cut by half a pixel each
     assert poly.exterior.bounds == (8.0, 8.0, 40.0, 32.0)
     assert poly.area == pytest.approx((48 - 4 * 0.125 - (4 - 4 * 0.125)) * 16)
+
+
+def test_faint_fat_joins_tissue_and_glass_stays_out(small_sample):
+    """Fat (white vacuoles, thin pink walls) is tissue when it touches tissue; glass is not."""
+    from skimage.transform import resize
+
+    with open_slide(small_sample.slide_path) as slide:
+        tissue = detect_tissue(slide)
+        no_faint = detect_tissue(slide, faint_saturation=0)
+    truth = resize(small_sample.read_mask(), tissue.mask.shape, order=0, preserve_range=True).astype(int)
+    fat = truth == 4
+    assert fat.sum() > 500
+    # vacuoles that open onto the glass at the tissue edge stay out; the rest of the fat is found
+    assert tissue.mask[fat].mean() > 0.55
+    assert no_faint.mask[fat].mean() < 0.1  # colour thresholds alone lose the fat
+    for label in (1, 2, 3):
+        assert tissue.mask[truth == label].mean() > 0.99
+    assert tissue.mask[truth == 0].mean() < 0.05

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PatchFeatures"]
+from care_core.errors import FeatureMismatchError
+
+__all__ = ["PatchFeatures", "check_compatible", "FORMAT_NAME"]
+
+FORMAT_NAME = "napari-care-features/1"  # root attribute `format` of the .h5 files we write
 
 
 @dataclass
@@ -57,3 +66,87 @@ class PatchFeatures:
         """[N, 2] integer grid (col, row) of each patch: coords // patch_size_level0, shifted to start at 0."""
         g = self.coords // self.patch_size_level0
         return g - g.min(axis=0) if len(g) else g
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write `path` (.h5, TRIDENT layout) atomically: a temp file in the same folder, then `os.replace`.
+
+        Datasets `features` [N, D] and `coords` [N, 2] int64 (attribute `patch_size_level0`); the metadata
+        (mpp, patch_px, encoder, weights_sha256, slide path/size, package version, extra) are root attributes.
+        """
+        import h5py
+
+        from care_core import __version__
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("features", data=self.features)
+                coords = f.create_dataset("coords", data=self.coords.astype(np.int64))
+                coords.attrs["patch_size_level0"] = self.patch_size_level0
+                if self.patch_px is not None:
+                    coords.attrs["patch_size"] = int(self.patch_px)
+                attrs = f.attrs
+                attrs["format"] = FORMAT_NAME
+                attrs["encoder"] = self.encoder
+                attrs["weights_sha256"] = self.weights_sha256
+                attrs["slide_path"] = self.slide_path
+                attrs["care_version"] = __version__
+                if self.mpp is not None:
+                    attrs["mpp"] = float(self.mpp)
+                if self.patch_px is not None:
+                    attrs["patch_px"] = int(self.patch_px)
+                if self.slide_size_level0 is not None:
+                    attrs["slide_size_level0"] = np.asarray(self.slide_size_level0, dtype=np.int64)
+                attrs["extra_json"] = json.dumps(self.extra, sort_keys=True, default=str)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+
+def _norm_encoder(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def check_compatible(
+    features: PatchFeatures,
+    *,
+    dim: int | None = None,
+    encoder: str | None = None,
+    mpp: float | None = None,
+    patch_px: int | None = None,
+    mpp_rtol: float = 0.1,
+) -> None:
+    """Raise `FeatureMismatchError` naming both sides when `features` do not fit what a consumer expects.
+
+    dim: feature dimension the consumer takes; encoder: the encoder it was trained on (names compare
+    case- and dash/underscore-insensitively; features of unknown encoder only warn); mpp: µm/px it expects
+    (relative tolerance `mpp_rtol`); patch_px: patch side in px at that mpp.
+    """
+    src = features.slide_path or "these features"
+    if dim is not None and features.dim != int(dim):
+        raise FeatureMismatchError(
+            f"{src}: features are {features.dim}-d (encoder {features.encoder or 'unknown'!r}) but the model "
+            f"expects {int(dim)}-d features; extract features with the encoder the model was trained on"
+        )
+    if encoder is not None:
+        if not features.encoder:
+            warnings.warn(f"{src}: feature file does not record its encoder; cannot check it is {encoder!r}",
+                          stacklevel=2)
+        elif _norm_encoder(features.encoder) != _norm_encoder(encoder):
+            raise FeatureMismatchError(
+                f"{src}: features come from encoder {features.encoder!r} but {encoder!r} is required; "
+                f"re-extract with --encoder {encoder}"
+            )
+    if mpp is not None and features.mpp is not None and abs(features.mpp - mpp) > mpp_rtol * mpp:
+        raise FeatureMismatchError(
+            f"{src}: features were encoded at {features.mpp:g} µm/px but {mpp:g} µm/px is required"
+        )
+    if patch_px is not None and features.patch_px is not None and features.patch_px != int(patch_px):
+        raise FeatureMismatchError(
+            f"{src}: patches are {features.patch_px} px but {int(patch_px)} px patches are required"
+        )

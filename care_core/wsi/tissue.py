@@ -70,6 +70,13 @@ def _fill_small_holes(mask: np.ndarray, max_px: float) -> np.ndarray:
     return mask | _small_components(ndi.binary_fill_holes(mask) & ~mask, max_px)
 
 
+def _disk(radius_px: float) -> np.ndarray:
+    """Bool disk structuring element of ``radius_px``."""
+    r = int(np.ceil(radius_px))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return xx**2 + yy**2 <= radius_px**2
+
+
 def _close(mask: np.ndarray, radius_px: float) -> np.ndarray:
     """Binary closing with a disk of ``radius_px`` via Euclidean distance transforms (O(pixels))."""
     pad = int(np.ceil(radius_px)) + 1
@@ -118,16 +125,19 @@ def detect_tissue(
     *,
     mask_mpp: float = 8.0,
     min_object_um2: float = 10_000.0,
-    min_hole_um2: float = 5_000.0,
+    min_hole_um2: float = 100_000.0,
     closing_um: float = 16.0,
     saturation_floor: float = 0.05,
     od_floor: float = 0.08,
+    faint_saturation: float = 0.012,
 ) -> TissueMask:
     """Find tissue on the level nearest ``mask_mpp`` µm/px.
 
     Tissue = saturation above Otsu (>= ``saturation_floor``) or mean optical density above Otsu
-    (>= ``od_floor``); closed with a disk of ``closing_um``; objects <= ``min_object_um2`` dropped,
-    holes <= ``min_hole_um2`` filled (defaults: 0.01 mm² and 0.005 mm²). Sizes assume 0.5 µm/px at
+    (>= ``od_floor``), grown by hysteresis into faint tissue connected to it (fat, pale stroma: locally
+    averaged saturation more than ``faint_saturation`` above the glass's median; 0 turns this off);
+    closed with a disk of ``closing_um``; objects <= ``min_object_um2`` dropped,
+    holes <= ``min_hole_um2`` filled (defaults: 0.01 mm² and 0.1 mm², so fat vacuoles and small lumina count as tissue). Sizes assume 0.5 µm/px at
     level 0 when the slide's mpp is unknown. Raises NoTissueError when nothing is left.
     """
     level = mask_level(slide, mask_mpp)
@@ -141,6 +151,18 @@ def detect_tissue(
     t_sat = _otsu(saturation.ravel(), saturation_floor, 0.25)
     t_od = _otsu(od.ravel(), od_floor, 0.3)
     mask = (saturation > t_sat) | (od > t_od)
+    if faint_saturation > 0 and mask.any() and not mask.all():
+        from skimage.filters import apply_hysteresis_threshold
+
+        # saturation averaged over ~24 µm of the non-confident pixels only, so no halo spreads from tissue edges
+        size = max(3, int(round(24.0 / px_um)) | 1)
+        weight = ndi.uniform_filter((~mask).astype(np.float32), size)
+        local = ndi.uniform_filter(np.where(mask, 0.0, saturation), size) / np.maximum(weight, 1e-6)
+        glass = float(np.median(local[~mask]))
+        # hysteresis: faint pixels count only where connected to confident tissue
+        faint = apply_hysteresis_threshold(np.where(mask, 1.0, local), glass + faint_saturation, 0.5) & ~mask
+        # an opening drops the thin rim of colour that JPEG chroma bleeds into the glass along tissue edges
+        mask |= ndi.binary_opening(faint, _disk(max(1.0, 16.0 / px_um)))
 
     mask = _close(mask, max(1.0, closing_um / px_um))
     mask = _remove_small(mask, min_object_um2 / px_um**2)

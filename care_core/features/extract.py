@@ -1,0 +1,158 @@
+"""Streaming patch-feature extraction: threads read and resize patches while the encoder runs.
+
+Memory is bounded by the batches in flight (`num_workers + prefetch_batches` batches of uint8 patches)
+plus the [N, D] float32 result, whatever the slide size.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Generator
+
+import numpy as np
+
+from care_core.features.registry import PatchEncoder, get_encoder
+from care_core.features.store import PatchFeatures
+
+__all__ = ["ExtractProgress", "iter_extract", "extract_features", "read_level_for_encoder", "PatchReader"]
+
+
+@dataclass(frozen=True)
+class ExtractProgress:
+    """Patches encoded so far, of `total`, and the mean rate since the start (patches/s)."""
+
+    done: int
+    total: int
+    patches_per_s: float
+
+
+def read_level_for_encoder(slide, grid, read_px: int) -> int:
+    """The coarsest pyramid level that still gives >= `read_px` px per patch, never finer than `grid.level`."""
+    return max(int(grid.level), slide.get_best_level_for_downsample(grid.patch_size_level0 / read_px))
+
+
+class PatchReader:
+    """Reads grid patches at one level and resizes them to `read_px` square (Pillow, antialiased)."""
+
+    def __init__(self, slide, grid, read_px: int, interpolation: str = "bilinear") -> None:
+        from PIL import Image
+
+        self.slide, self.coords, self.read_px = slide, np.asarray(grid.coords), int(read_px)
+        self.level = read_level_for_encoder(slide, grid, self.read_px)
+        self.size_at_level = max(1, int(round(grid.patch_size_level0 / slide.level_downsamples[self.level])))
+        self._filter = {"bicubic": Image.Resampling.BICUBIC}.get(interpolation, Image.Resampling.BILINEAR)
+
+    def read(self, index: np.ndarray | range) -> np.ndarray:
+        """uint8 [len(index), read_px, read_px, 3] patches of grid rows `index`."""
+        from PIL import Image
+
+        out = np.empty((len(index), self.read_px, self.read_px, 3), np.uint8)
+        s = self.size_at_level
+        for k, i in enumerate(index):
+            x, y = self.coords[i]
+            region = self.slide.read_region((int(x), int(y)), self.level, (s, s))
+            if s != self.read_px:
+                region = np.asarray(Image.fromarray(region).resize((self.read_px, self.read_px), self._filter))
+            out[k] = region
+        return out
+
+
+def _check_resolution(grid, encoder: PatchEncoder) -> None:
+    fov_grid_um, fov_enc_um = grid.patch_px * grid.target_mpp, encoder.patch_px * encoder.mpp
+    if abs(grid.target_mpp - encoder.mpp) > 0.1 * encoder.mpp or abs(fov_grid_um - fov_enc_um) > 0.1 * fov_enc_um:
+        warnings.warn(
+            f"grid patches are {grid.patch_px} px at {grid.target_mpp:g} µm/px ({fov_grid_um:g} µm) but encoder "
+            f"{encoder.name!r} expects {encoder.patch_px} px at {encoder.mpp:g} µm/px ({fov_enc_um:g} µm); "
+            "features may be off-distribution",
+            stacklevel=3,
+        )
+
+
+def iter_extract(
+    slide,
+    grid,
+    encoder: PatchEncoder | str,
+    *,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    device: str | None = None,
+    prefetch_batches: int = 2,
+) -> Generator[ExtractProgress, None, PatchFeatures]:
+    """Encode every patch of `grid`, yielding an `ExtractProgress` after each batch; returns `PatchFeatures`.
+
+    encoder: a `PatchEncoder` or a registered name (built on `device`, default "auto"). Patches are read at
+    the coarsest level that serves (never finer than `grid.level`) and resized to the encoder's input by
+    `num_workers` threads, at most `num_workers + prefetch_batches` batches ahead of the encoder. Encoders
+    that allow it (`cpu_parallel_embed`, e.g. stain-texture) also encode inside the worker threads.
+    """
+    if isinstance(encoder, str):
+        encoder = get_encoder(encoder, device=device or "auto")
+    elif device is not None and device != "auto" and device != encoder.device:
+        raise ValueError(f"device={device!r} but encoder {encoder.name!r} is on {encoder.device!r}; build it there")
+    if batch_size < 1 or num_workers < 1:
+        raise ValueError(f"batch_size={batch_size} and num_workers={num_workers} must be >= 1")
+    _check_resolution(grid, encoder)
+    reader = PatchReader(slide, grid, encoder.resize_px, encoder.spec.interpolation)
+    total = len(reader.coords)
+    features = np.empty((total, encoder.dim), np.float32)
+    in_worker = encoder.cpu_parallel_embed and encoder.device == "cpu"
+    task: Callable = (lambda idx: encoder.embed(reader.read(idx))) if in_worker else reader.read
+    batches = iter(range(i, min(i + batch_size, total)) for i in range(0, total, batch_size))
+    t0, done = time.perf_counter(), 0
+    pool = ThreadPoolExecutor(num_workers, thread_name_prefix="care-extract")
+    pending: deque = deque()
+    try:
+        for idx in batches:
+            pending.append((idx, pool.submit(task, idx)))
+            if len(pending) >= num_workers + prefetch_batches:
+                break
+        while pending:
+            idx, future = pending.popleft()
+            out = future.result()
+            nxt = next(batches, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(task, nxt)))
+            features[idx.start: idx.stop] = out if in_worker else encoder.embed(out)
+            done += len(idx)
+            yield ExtractProgress(done, total, done / max(time.perf_counter() - t0, 1e-9))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return PatchFeatures(
+        features=features,
+        coords=reader.coords,
+        patch_size_level0=grid.patch_size_level0,
+        mpp=float(grid.target_mpp),
+        patch_px=int(grid.patch_px),
+        encoder=encoder.name,
+        weights_sha256=encoder.weights_sha256,
+        slide_path=str(slide.path),
+        slide_size_level0=tuple(int(v) for v in slide.dimensions),
+        extra={"read_level": reader.level, "input_px": encoder.input_px, "resize_px": encoder.resize_px},
+    )
+
+
+def extract_features(
+    slide,
+    grid,
+    encoder: PatchEncoder | str,
+    *,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    device: str | None = None,
+    prefetch_batches: int = 2,
+    progress: Callable[[ExtractProgress], None] | None = None,
+) -> PatchFeatures:
+    """`iter_extract` run to the end (calling `progress(event)` after each batch); returns `PatchFeatures`."""
+    gen = iter_extract(slide, grid, encoder, batch_size=batch_size, num_workers=num_workers, device=device,
+                       prefetch_batches=prefetch_batches)
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(event)
