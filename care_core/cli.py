@@ -36,6 +36,69 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from care_core.synth import write_sample_slide
+
+    sample = write_sample_slide(args.out, width_px=args.width_px, height_px=args.height_px, seed=args.seed, mpp=args.mpp)
+    print(f"slide  {sample.slide_path}")
+    print(f"mask   {sample.mask_path} (labels at 1/{sample.mask_downsample}: {sample.compartments})")
+    return 0
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from care_core.features import format_summary, read_slide_list_csv, run_cohort
+
+    if bool(args.slides) == bool(args.csv):
+        raise SystemExit("care extract: error: give slide files or --csv slides.csv (one of them)")
+    slides = read_slide_list_csv(args.csv) if args.csv else args.slides
+    with tqdm(total=len(slides), unit="slide", desc=f"extract {args.encoder}") as bar:
+
+        def progress(row) -> None:
+            bar.update(1)
+            bar.set_postfix_str(f"{row.slide}: {row.status}")
+
+        summary = run_cohort(
+            slides, args.out, encoder=args.encoder, weights=args.weights, scheduler=args.scheduler,
+            n_workers=args.workers, target_mpp=args.target_mpp, patch_px=args.patch_px, mpp_override=args.mpp,
+            min_tissue=args.min_tissue, batch_size=args.batch_size, device=args.device, progress=progress,
+        )
+    print(format_summary(summary))
+    return 0 if summary.ok else 1
+
+
+def _untrained_model(inputs: list[Path], seed: int, allow_pickle: bool):
+    """A randomly initialised released-config CARE whose input dim fits the first feature file."""
+    from care_core.encode import feature_files
+    from care_core.features import load_features
+    from care_core.model import CARE
+
+    first = load_features(feature_files(inputs, allow_pickle=allow_pickle)[0], allow_pickle=allow_pickle)
+    return CARE.from_seed(seed, input_dim=first.dim)
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from care_core.encode import iter_encode_paths
+
+    model = args.model
+    if args.untrained is not None:
+        if model is not None:
+            raise SystemExit("care encode: error: give either --model or --untrained, not both")
+        model = _untrained_model(args.features, args.untrained, args.allow_pickle)
+        print(f"note: untrained CARE (random weights, seed {args.untrained}): regions are close to the k×k squares")
+    bar = None
+    for i, total, path, written in iter_encode_paths(args.features, model, args.out, allow_pickle=args.allow_pickle):
+        bar = bar or tqdm(total=total, unit="slide", desc="encode")
+        bar.update(1)
+        bar.write(f"{path.name}: {', '.join(p.name for p in written)}")
+    if bar is not None:
+        bar.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="care", description="CARE adaptive-region slide encoder for whole-slide images.")
     parser.add_argument("--version", action="version", version=f"napari-care {__version__}")
@@ -47,6 +110,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-mpp", type=float, default=0.5, help="patch grid resolution in µm/px (default 0.5)")
     p.add_argument("--patch-px", type=int, default=512, help="patch side in px at --target-mpp (default 512)")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("synth", help="write a synthetic H&E-like SVS with its ground-truth compartment mask")
+    p.add_argument("out", type=Path, help="output .svs path (mask and JSON sidecar go beside it)")
+    p.add_argument("--width-px", type=int, default=24000)
+    p.add_argument("--height-px", type=int, default=18000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mpp", type=float, default=0.5, help="µm/px at level 0 (default 0.5, a 20x scan)")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("extract", help="patch features for one slide or a cohort (one dask task per slide)")
+    p.add_argument("slides", type=Path, nargs="*", help="slide files (or use --csv)")
+    p.add_argument("--csv", type=Path, default=None, help="CSV with a 'slide' (or 'path') column and optional 'mpp'")
+    p.add_argument("--encoder", default="stain-texture", help="patch encoder name (default stain-texture)")
+    p.add_argument("--weights", type=Path, default=None, help="local weight file of the encoder")
+    p.add_argument("--out", type=Path, required=True, help="output folder: one <slide stem>.h5 per slide")
+    p.add_argument("--scheduler", default=None, help="tcp://host:port of a running dask scheduler (default: a local cluster)")
+    p.add_argument("--workers", type=int, default=2, help="local cluster worker processes (default 2)")
+    p.add_argument("--mpp", type=float, default=None, help="level-0 µm/px for slides without their own")
+    p.add_argument("--target-mpp", type=float, default=0.5, help="patch resolution in µm/px (default 0.5)")
+    p.add_argument("--patch-px", type=int, default=512, help="patch side in px at --target-mpp (default 512)")
+    p.add_argument("--min-tissue", type=float, default=0.25, help="minimum tissue fraction of a kept patch")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.set_defaults(func=_cmd_extract)
+
+    p = sub.add_parser("encode", help="CARE over feature files: slide/ROI embeddings, region table and polygons")
+    p.add_argument("features", type=Path, nargs="+", help="feature files (.h5) or folders of them")
+    p.add_argument("--model", type=Path, default=None, help="CARE checkpoint (.safetensors with its .json)")
+    p.add_argument("--untrained", type=int, default=None, metavar="SEED",
+                   help="use a randomly initialised CARE (released config) instead of a checkpoint")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="also read the CARE authors' pickled .npy feature files (pickles can run code)")
+    p.set_defaults(func=_cmd_encode)
     return parser
 
 

@@ -45,8 +45,7 @@ def napari_screenshot(slide_path: Path, path: Path) -> None:
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1400, 950)
     viewer.open(str(slide_path), plugin="napari-care")
-    viewer.scale_bar.visible = True
-    viewer.scale_bar.unit = "um"
+    viewer.canvas.overlays.scale_bar.visible = True  # units come from the layer (µm)
     viewer.reset_view()
     from qtpy.QtWidgets import QApplication
 

@@ -1,0 +1,72 @@
+"""The `care` command end to end on a small synthetic slide: synth → info → extract → encode."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from care_core.cli import main
+
+
+def test_info_prints_levels_mpp_tissue_and_patches(small_sample, capsys):
+    assert main(["info", str(small_sample.slide_path)]) == 0
+    out = capsys.readouterr().out
+    assert "vendor        aperio" in out
+    assert "3072 x 2048 px (level 0)" in out
+    assert "mpp           0.5" in out
+    assert "tissue area" in out and "mm²" in out
+    assert " of 512 px at 0.5 µm/px (512 px at level 0, read from level 0)" in out
+
+
+def test_info_reports_missing_file_as_one_error_line(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "nope.svs")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("care info: error: ") and "nope.svs" in err
+
+
+def test_synth_extract_encode(tmp_path, capsys):
+    slide = tmp_path / "s.svs"
+    assert main(["synth", str(slide), "--width-px", "2048", "--height-px", "1536", "--seed", "1"]) == 0
+    assert (tmp_path / "s_mask.tif").is_file()
+
+    feats = tmp_path / "features"
+    assert main(["extract", str(slide), "--out", str(feats), "--workers", "1", "--patch-px", "256"]) == 0
+    out = capsys.readouterr().out
+    assert "done" in out
+    with h5py.File(feats / "s.h5") as f:
+        n, d = f["features"].shape
+        assert d == 230 and n > 10
+        assert f["coords"].attrs["patch_size_level0"] == 256
+
+    enc = tmp_path / "enc"
+    assert main(["encode", str(feats), "--untrained", "0", "--out", str(enc)]) == 0
+    assert np.load(enc / "s_slide.npy").shape == (512,)
+    geo = json.loads((enc / "s_regions.geojson").read_text())
+    assert geo["type"] == "FeatureCollection" and len(geo["features"]) >= 1
+
+
+def test_encode_needs_a_model(tmp_path, capsys):
+    from care_core.features import PatchFeatures
+
+    PatchFeatures(np.zeros((4, 8), np.float32), [[0, 0], [256, 0], [0, 256], [256, 256]], 256).save(tmp_path / "a.h5")
+    code = main(["encode", str(tmp_path / "a.h5"), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "--model" in capsys.readouterr().err
+
+
+def test_extract_reports_failed_slide_and_exits_nonzero(tmp_path, capsys):
+    bad = tmp_path / "bad.svs"
+    bad.write_bytes(b"not a slide")
+    assert main(["extract", str(bad), "--out", str(tmp_path / "f"), "--workers", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "failed" in out and "bad" in out
+    assert not list((tmp_path / "f").glob("*.h5"))
+
+
+@pytest.mark.parametrize("argv", [["extract", "--out", "x"], ["encode", "f.h5"]])
+def test_bad_usage_exits_with_usage_error(argv):
+    with pytest.raises(SystemExit):
+        main(argv)
