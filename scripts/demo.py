@@ -1,7 +1,10 @@
-"""The demo: write the synthetic sample slide, look at it through care_core and in napari.
+"""The demo: the synthetic sample slide through the whole pipeline, looked at in napari.
 
-Writes to --out (default demo-output/): sample_slide.svs (+ mask), thumbnail_overlay.png (tissue outline and
-patch grid over the thumbnail), napari_screenshot.png (the slide opened with the plugin, µm scale bar).
+Writes to --out (default demo-output/): the sample slide (written once; + mask), thumbnail_overlay.png (tissue outline and
+patch grid over the thumbnail), features/<slide>.h5 (stain-texture patch features), care/ (slide and ROI
+embeddings, region table CSV, QuPath GeoJSON), napari_screenshot.png (the slide opened with the plugin, µm scale
+bar) and napari_regions.png (CARE's regions and ROI over the slide). The CARE model is untrained (random
+weights, seed 0): its regions are close to the k×k squares until a trained checkpoint is used.
 """
 
 from __future__ import annotations
@@ -38,22 +41,51 @@ def write_overlay(slide, tissue, grid, path: Path) -> None:
     plt.close(fig)
 
 
-def napari_screenshot(slide_path: Path, path: Path) -> None:
-    """Open the slide in a shown napari window with the plugin, zoom to tissue, screenshot."""
+def _settle() -> None:
+    """Let napari load the tiles in view (they arrive asynchronously)."""
+    from qtpy.QtWidgets import QApplication
+
+    for _ in range(30):
+        QApplication.processEvents()
+        time.sleep(0.1)
+
+
+def napari_screenshots(slide_path: Path, encoding, mpp: float, out: Path) -> None:
+    """Open the slide in a shown napari window with the plugin; screenshot it alone, then with CARE's regions."""
     import napari
+
+    from napari_care._layers import region_layers
 
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1400, 950)
     viewer.open(str(slide_path), plugin="napari-care")
     viewer.canvas.overlays.scale_bar.visible = True  # units come from the layer (µm)
     viewer.reset_view()
-    from qtpy.QtWidgets import QApplication
-
-    for _ in range(20):
-        QApplication.processEvents()
-        time.sleep(0.1)
-    viewer.screenshot(str(path), canvas_only=False)
+    _settle()
+    viewer.screenshot(str(out / "napari_screenshot.png"), canvas_only=False)
+    for data, kwargs, kind in region_layers(encoding, mpp, name="CARE (untrained)"):
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    _settle()
+    viewer.screenshot(str(out / "napari_regions.png"), canvas_only=False)
     viewer.close()
+
+
+def run_care(slide, tissue, grid, out: Path):
+    """stain-texture features of the grid, then an untrained CARE over them; writes features and CARE outputs."""
+    from care_core.encode import encode_paths
+    from care_core.features import extract_features, get_encoder
+    from care_core.model import CARE, SlideEncoding
+
+    t0 = time.perf_counter()
+    features = extract_features(slide, grid, get_encoder("stain-texture"))
+    feature_path = features.save(out / "features" / f"{Path(slide.path).stem}.h5")
+    print(f"features       {feature_path} {features.features.shape} ({time.perf_counter() - t0:.1f} s)")
+    t0 = time.perf_counter()
+    model = CARE.from_seed(0, input_dim=features.dim)
+    written = encode_paths([feature_path], model, out / "care")
+    encoding = SlideEncoding.load_npz(next(p for p in written if p.suffix == ".npz"))
+    print(f"CARE           {encoding.n_regions} regions, ROI = region {encoding.roi} ({time.perf_counter() - t0:.1f} s)")
+    return encoding
 
 
 def main() -> None:
@@ -64,12 +96,11 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    from care_core.synth import write_sample_slide
+    from care_core.synth import ensure_sample_slide
     from care_core.wsi import detect_tissue, open_slide, patch_grid
 
-    slide_path = args.out / "sample_slide.svs"
     t0 = time.perf_counter()
-    sample = write_sample_slide(slide_path, width_px=args.width_px, height_px=args.height_px, seed=0)
+    sample = ensure_sample_slide(args.out, width_px=args.width_px, height_px=args.height_px, seed=0)
     print(f"sample slide   {sample.slide_path} ({time.perf_counter() - t0:.1f} s)")
 
     with open_slide(sample.slide_path) as slide:
@@ -77,7 +108,9 @@ def main() -> None:
         grid = patch_grid(slide, tissue)
         write_overlay(slide, tissue, grid, args.out / "thumbnail_overlay.png")
         print(f"tissue         {tissue.area_mm2:.1f} mm², {len(grid.coords)} patches at 0.5 µm/px")
-    napari_screenshot(sample.slide_path, args.out / "napari_screenshot.png")
+        encoding = run_care(slide, tissue, grid, args.out)
+        mpp = slide.mpp
+    napari_screenshots(sample.slide_path, encoding, mpp, args.out)
     print(f"outputs        {args.out}/")
 
 
