@@ -54,6 +54,7 @@ def napari_screenshots(slide_path: Path, encoding, mpp: float, out: Path) -> Non
     """Open the slide in a shown napari window with the plugin; screenshot it alone, then with CARE's regions."""
     import napari
 
+    from care_core.regions import roi_geometry
     from napari_care._layers import region_layers
 
     viewer = napari.Viewer(show=True)
@@ -67,6 +68,14 @@ def napari_screenshots(slide_path: Path, encoding, mpp: float, out: Path) -> Non
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     _settle()
     viewer.screenshot(str(out / "napari_regions.png"), canvas_only=False)
+    # full resolution, where the ROI meets its neighbours: the pyramid serves level 0 tiles in view only
+    for layer in viewer.layers[1:]:
+        layer.visible = False
+    _, (minx, miny, maxx, maxy) = roi_geometry(encoding)
+    viewer.camera.center = (miny * mpp, minx * mpp)
+    viewer.camera.zoom = 1.0 / mpp  # screen px per µm: one screen px per level-0 px
+    _settle()
+    viewer.screenshot(str(out / "napari_full_resolution.png"), canvas_only=False)
     viewer.close()
 
 
