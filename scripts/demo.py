@@ -72,8 +72,8 @@ def napari_screenshots(slide_path: Path, encoding, mpp: float, out: Path) -> Non
     for layer in viewer.layers[1:]:
         layer.visible = False
     _, (minx, miny, maxx, maxy) = roi_geometry(encoding)
-    viewer.camera.center = (miny * mpp, minx * mpp)
-    viewer.camera.zoom = 1.0 / mpp  # screen px per µm: one screen px per level-0 px
+    viewer.scene.camera.center = (miny * mpp, minx * mpp)
+    viewer.scene.camera.zoom = 1.0 / mpp  # screen px per µm: one screen px per level-0 px
     _settle()
     viewer.screenshot(str(out / "napari_full_resolution.png"), canvas_only=False)
     viewer.close()
