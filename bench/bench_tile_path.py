@@ -3,7 +3,9 @@
 Writes a ~20k x 20k JPEG-tiled pyramid once (a few JPEG tiles whose bytes are repeated, so writing
 costs no encoding), reads the same random native-aligned 512 x 512 level-0 tiles three ways, and
 prints MPix/s and the ratio of our time to tiffslide's (goal <= 1.3). Then writes a 100k x 100k
-pyramid of one constant tile and times open_slide + handing napari its list of dask arrays (goal < 1 s).
+pyramid of one constant tile, times open_slide + handing napari its list of dask arrays (goal < 1 s), and
+the cost of one napari-style read (one ``compute`` per 512 x 512 tile) there against ``Slide.read_region``:
+the dask overhead per read must not grow with the number of tiles.
 
 Run: .venv/bin/python bench/bench_tile_path.py [--tiles 300] [--size 20480]
 """
@@ -144,6 +146,14 @@ def bench_open(folder: Path, size_px: int) -> None:
     t_open = time.perf_counter() - start
     print(f"  open_slide + levels ({len(layer_data)} dask arrays, level 0 {layer_data[0].shape}, "
           f"{layer_data[0].npartitions} chunks): {t_open:.3f} s  (goal < 1 s)")
+    rng = np.random.default_rng(1)
+    corners = rng.integers(0, size_px // 512 - 1, (200, 2)) * 512
+    t_dask = _best_of(3, lambda: [layer_data[0][y : y + 512, x : x + 512].compute(scheduler="synchronous")
+                                  for x, y in corners])
+    t_plain = _best_of(3, lambda: [slide.read_region((int(x), int(y)), 0, (512, 512)) for x, y in corners])
+    n = len(corners)
+    print(f"  one compute per 512 x 512 tile (sync): {1e3 * t_dask / n:.2f} ms/tile vs Slide.read_region "
+          f"{1e3 * t_plain / n:.2f} ms/tile (+{1e3 * (t_dask - t_plain) / n:.2f} ms dask overhead per read)")
     try:
         from napari.layers import Image
     except ImportError:

@@ -1,34 +1,42 @@
 """Lazy pyramid levels: dask arrays whose chunks are the file's native tiles, plus 2x mean levels.
 
-dask's HighLevelGraph re-collects every key of every layer on each ``compute``; for a 100k x 100k
-slide (~40k tiles) the stock ``from_array`` layer builds that set in Python (~30 ms per napari read).
-``_TileLayer`` hands dask its dict's keys directly (C speed), so one read costs about a tile decode.
-Each task is dask's own ``getter`` over a ``_LevelArray``, so dask fuses a later slice into the read
-(``level[a:b]`` decodes the tiles under ``[a:b]`` and copies only those rows out of them).
-"""
+napari reads a level by slicing it (one ``compute`` per slice), so the cost of one read must not grow
+with the slide. Stock dask layers make every ``compute`` collect all keys of the level into a Python
+``set`` (several times) before culling: ~5 ms per read on a 100k x 100k slide (~40k tiles).
 
+* ``_TileLayer`` stores only the tile grid and builds a tile's task when asked: opening a slide creates
+  no tasks, and its ``cull`` turns the requested keys straight into their tasks (O(keys asked)), so a
+  one-tile read is a 3-task graph (slice, tile, array-like) whatever the slide size. Its full key set
+  exists only when a graph with legacy layers (e.g. ``level.blocks``) asks for it, built once in C.
+* Each task is dask's own ``getter`` over a ``_LevelArray`` stored under the level's source key (as in
+  dask's ``from_array``), so dask fuses a later slice into the read (``level[a:b]`` decodes the tiles
+  under ``[a:b]`` and copies only those rows out of them).
+* ``tiff_tile_reader`` decodes a request inside one native tile straight from the file with tifffile's
+  decoder under the file handle's lock, skipping zarr's per-call event-loop round trip (~0.2 ms of a
+  ~0.9 ms 512 x 512 JPEG tile); everything else goes through zarr.
+
+What remains per read is dask's fixed per-``compute`` cost (~0.3-0.8 ms, partly the copy dask makes of a
+one-chunk result), the same at 20k and 100k px: see ``bench/bench_tile_path.py``.
+"""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from functools import cached_property
+from itertools import product
 from typing import Any
 
 import dask.array as da
 import numpy as np
+from dask.task_spec import Task, TaskRef
 from dask.array.core import getter
 from dask.base import tokenize
-from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+from dask.highlevelgraph import HighLevelGraph, Layer, MaterializedLayer
 
-__all__ = ["TileReader", "tiled_level", "zarr_reader", "level_token", "add_lazy_levels", "COARSEST_PX"]
+__all__ = ["TileReader", "tiled_level", "zarr_reader", "tiff_tile_reader", "level_token", "add_lazy_levels",
+           "COARSEST_PX"]
 
 TileReader = Callable[[slice, slice], np.ndarray]  # (rows, cols) of one level -> (h, w, 3) uint8
 COARSEST_PX = 1024  # lazily add 2x levels until the coarsest level's longest side is at most this
-
-
-class _TileLayer(MaterializedLayer):
-    """A materialised layer whose output keys are its dict's keys (no per-compute Python loop)."""
-
-    def get_output_keys(self) -> Any:
-        return self.mapping.keys()
 
 
 def _span(index: Any, n: int) -> tuple[slice, Any]:
@@ -64,21 +72,70 @@ class _LevelArray:
         return block[row_pick, col_pick, channels]
 
 
-def _edges(n: int, step: int) -> list[slice]:
-    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+class _TileLayer(Layer):
+    """Graph layer of one level: key (name, i, j, 0) reads tile row i, column j; ``source`` holds the
+    array-like. Tasks are built on demand; ``cull`` never walks the whole grid."""
+
+    # HLG.cull collects every key of the graph for layers with legacy tasks; this layer's cull finds
+    # its dependencies itself (every tile needs only ``source``), so it does not need them.
+    has_legacy_tasks = False
+
+    def __init__(self, name: str, source: str, array: _LevelArray, tile_hw: tuple[int, int]) -> None:
+        super().__init__()
+        self.name, self.source, self.array, self.tile_hw = name, source, array, tile_hw
+        self.grid = (-(-array.shape[0] // tile_hw[0]), -(-array.shape[1] // tile_hw[1]))
+
+    def _is_tile(self, key: Any) -> bool:
+        return (type(key) is tuple and len(key) == 4 and key[0] == self.name and key[3] == 0
+                and 0 <= key[1] < self.grid[0] and 0 <= key[2] < self.grid[1])
+
+    def __contains__(self, key: object) -> bool:
+        return key == self.source or self._is_tile(key)
+
+    def __getitem__(self, key: Any) -> Any:
+        if key == self.source:
+            return self.array
+        if not self._is_tile(key):
+            raise KeyError(key)
+        (th, tw), (_, i, j, _) = self.tile_hw, key
+        index = (slice(i * th, min(i * th + th, self.array.shape[0])),
+                 slice(j * tw, min(j * tw + tw, self.array.shape[1])), slice(None))
+        return Task(key, getter, TaskRef(self.source), index)
+
+    def __iter__(self) -> Iterator:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return 1 + self.grid[0] * self.grid[1]
+
+    def is_materialized(self) -> bool:
+        return False
+
+    def get_output_keys(self) -> frozenset:
+        return self._keys
+
+    @cached_property
+    def _keys(self) -> frozenset:
+        """Every key, built once at C speed: only graphs holding legacy layers (e.g. ``level.blocks``)
+        ask, and dask asks several times per compute."""
+        return frozenset(product((self.name,), range(self.grid[0]), range(self.grid[1]), (0,))) | {self.source}
+
+    def cull(self, keys: set, all_hlg_keys: Any) -> tuple[Layer, Mapping[Any, set]]:
+        """Only the requested tiles (and the source when any is requested): O(len(keys))."""
+        tiles = [k for k in keys if self._is_tile(k)]
+        out = {k: self[k] for k in tiles}
+        deps = {k: {self.source} for k in tiles}
+        if tiles or self.source in keys:
+            out[self.source], deps[self.source] = self.array, set()  # last: HLG.cull discards it
+        return MaterializedLayer(out, annotations=self.annotations), deps
 
 
 def tiled_level(read: TileReader, shape_hw: tuple[int, int], tile_hw: tuple[int, int], token: str) -> da.Array:
     """(H, W, 3) uint8 dask array with one task per ``tile_hw`` tile, each calling ``read(rows, cols)``."""
-    rows, cols = _edges(shape_hw[0], tile_hw[0]), _edges(shape_hw[1], tile_hw[1])
     name = f"wsi-tiles-{token}"
-    source = f"wsi-level-{token}"  # the array-like sits under its own key, as in dask's from_array
-    everything = slice(None)
-    graph: dict = {(name, i, j, 0): (getter, source, (r, c, everything))
-                   for i, r in enumerate(rows) for j, c in enumerate(cols)}
-    graph[source] = _LevelArray(read, shape_hw)
-    chunks = (tuple(r.stop - r.start for r in rows), tuple(c.stop - c.start for c in cols), (3,))
-    hlg = HighLevelGraph({name: _TileLayer(graph)}, {name: set()})
+    layer = _TileLayer(name, f"wsi-level-{token}", _LevelArray(read, shape_hw), tile_hw)
+    chunks = tuple(tuple(min(t, n - k) for k in range(0, n, t)) for n, t in zip(shape_hw, tile_hw)) + ((3,),)
+    hlg = HighLevelGraph({name: layer}, {name: set()})
     return da.Array(hlg, name, chunks, meta=np.empty((0, 0, 0), np.uint8))
 
 
@@ -87,6 +144,33 @@ def zarr_reader(arr: Any, axes: str) -> TileReader:
     if axes == "CYX":
         return lambda rows, cols: np.moveaxis(np.asarray(arr[:, rows, cols]), 0, -1)
     return lambda rows, cols: np.asarray(arr[rows, cols, :3])
+
+
+def tiff_tile_reader(level: Any, fallback: TileReader) -> TileReader:
+    """Reader over one tifffile pyramid level (a ``TiffPageSeries`` level) that decodes a request lying
+    inside one native tile straight from the file with tifffile's own decoder: no zarr call, whose
+    event-loop round trip costs ~0.2 ms of a ~0.9 ms 512 x 512 JPEG tile. Other requests, missing tiles
+    and layouts it does not cover (stripped, planar, multi-page, NDPI) go to ``fallback``."""
+    page = level.keyframe
+    if not (len(level.pages) == 1 and page.is_tiled and page.planarconfig == 1 and page.imagedepth == 1
+            and page.jpegheader is None and tuple(level.shape) == tuple(page.shape) and len(page.shape) == 3):
+        return fallback
+    fh, (th, tw) = page.parent.filehandle, (page.tilelength, page.tilewidth)
+    per_row = -(-page.imagewidth // tw)
+    tables = {} if page.jpegtables is None else {"jpegtables": page.jpegtables}
+
+    def read(rows: slice, cols: slice) -> np.ndarray:
+        i, j = rows.start // th, cols.start // tw
+        index = i * per_row + j
+        if (rows.stop - 1) // th != i or (cols.stop - 1) // tw != j or not page.databytecounts[index]:
+            return fallback(rows, cols)
+        with fh.lock:  # the lock tifffile's zarr store reads under: seek + read stay together
+            fh.seek(page.dataoffsets[index])
+            data = fh.read(page.databytecounts[index])
+        tile = page.decode(data, index, _fullsize=True, **tables)[0]  # (1, th, tw, samples)
+        return tile[0, rows.start - i * th : rows.stop - i * th, cols.start - j * tw : cols.stop - j * tw, :3]
+
+    return read
 
 
 def level_token(*parts: Any) -> str:

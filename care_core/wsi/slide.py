@@ -20,7 +20,14 @@ import numpy as np
 
 from care_core.errors import SlideOpenError
 from care_core.wsi._metadata import check_tile_extents, file_mpp, resolve_mpp
-from care_core.wsi._tiles import TileReader, add_lazy_levels, level_token, tiled_level, zarr_reader
+from care_core.wsi._tiles import (
+    TileReader,
+    add_lazy_levels,
+    level_token,
+    tiff_tile_reader,
+    tiled_level,
+    zarr_reader,
+)
 
 __all__ = ["SlideInfo", "Slide", "open_slide", "BACKENDS"]
 
@@ -196,7 +203,7 @@ def _open_tiffslide(path: Path, mpp: float | None) -> Slide:
         group = ts.zarr_group
         axes = props.get("tiffslide.series-axes", "YXS")
         arrays = [group[str(i)] for i in range(ts.level_count)]
-        readers = [zarr_reader(arr, axes) for arr in arrays]
+        readers = [tiff_tile_reader(lvl, zarr_reader(arr, axes)) for lvl, arr in zip(series.levels, arrays)]
         tiles = [tuple(arr.chunks[1:3] if axes == "CYX" else arr.chunks[0:2]) for arr in arrays]
         _decode_probe(path, readers, tiles)
         found, source = file_mpp(tf)
