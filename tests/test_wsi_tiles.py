@@ -150,3 +150,24 @@ def test_tiff_tile_reader_leaves_stripped_files_to_fallback(tmp_path):
         def fallback(r, c):
             return np.zeros((0, 0, 3), np.uint8)
         assert tiff_tile_reader(tf.series[0].levels[0], fallback) is fallback
+
+
+def test_lazy_levels_reduce_level0_once_and_keep_the_overview(monkeypatch):
+    """Lazy levels of a flat image: each is the block mean of level 0; the overview decodes level 0 once, ever."""
+    from care_core.wsi import _tiles
+    from care_core.wsi._tiles import add_lazy_levels
+
+    monkeypatch.setattr(_tiles, "OVERVIEW_PX", 1000)  # level 2 (650 px) is an overview, level 1 (1300 px) stays lazy
+    image = pattern_image(2600, 1200, seed=5)
+    level0, calls = logged_level(image, (256, 256))
+    levels = add_lazy_levels([level0])
+    assert [lv.shape[:2] for lv in levels] == [(1200, 2600), (600, 1300), (300, 650)]
+    assert all(lv.chunksize[:2] == (256, 256) for lv in levels)
+    expected = np.rint(image[:1200, :2600].reshape(300, 4, 650, 4, 3).mean(axis=(1, 3))).astype(np.uint8)
+    np.testing.assert_array_equal(levels[2].compute(), expected)
+    assert len(calls) == 5 * 11  # every tile of level 0 once (5 x 11 tiles of 256)
+    np.testing.assert_array_equal(levels[2][100:200, 300:400].compute(), expected[100:200, 300:400])
+    assert len(calls) == 5 * 11  # served from memory
+    np.testing.assert_array_equal(levels[1][:256, :256].compute(),
+                                  np.rint(image[:512, :512].reshape(256, 2, 256, 2, 3).mean(axis=(1, 3))).astype(np.uint8))
+    assert len(calls) == 5 * 11 + 4  # a middle level stays lazy: only the 2 x 2 tiles under the view

@@ -20,11 +20,13 @@ one-chunk result), the same at 20k and 100k px: see ``bench/bench_tile_path.py``
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from functools import cached_property
 from itertools import product
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 from dask.task_spec import Task, TaskRef
@@ -37,6 +39,7 @@ __all__ = ["TileReader", "tiled_level", "zarr_reader", "tiff_tile_reader", "leve
 
 TileReader = Callable[[slice, slice], np.ndarray]  # (rows, cols) of one level -> (h, w, 3) uint8
 COARSEST_PX = 1024  # lazily add 2x levels until the coarsest level's longest side is at most this
+OVERVIEW_PX = 4096  # lazy levels up to this longest side are computed once (together) and kept in memory
 
 
 def _span(index: Any, n: int) -> tuple[slice, Any]:
@@ -178,13 +181,81 @@ def level_token(*parts: Any) -> str:
     return tokenize(*parts)
 
 
+def _block_mean(block: np.ndarray, axis: tuple[int, ...] | None = None) -> np.ndarray:
+    """Mean over ``axis`` of a uint8 block, accumulated in float32 (half the memory of float64)."""
+    return block.mean(axis=axis, dtype=np.float32)
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    return np.rint(x).astype(np.uint8)
+
+
 def add_lazy_levels(levels: list[da.Array]) -> list[da.Array]:
-    """Append 2x2-mean levels below the coarsest until its longest side is <= COARSEST_PX; each
-    coarse chunk reads only the 2x2 chunks above it."""
-    levels = list(levels)
-    while max(levels[-1].shape[:2]) > COARSEST_PX:
-        prev = levels[-1]
-        merged = prev.rechunk({0: 2 * prev.chunks[0][0], 1: 2 * prev.chunks[1][0], 2: -1})
-        coarse = da.coarsen(np.mean, merged, {0: 2, 1: 2}, trim_excess=True)
-        levels.append(da.round(coarse).astype(np.uint8))
-    return levels
+    """Append 2x, 4x, 8x, ... block-mean levels below the coarsest native level until the longest side is
+    <= COARSEST_PX.
+
+    Each large lazy level reduces the native level directly (not the lazy level above it), so a view
+    decodes each native tile under it once; chunks are re-merged to the native tile size so napari reads a
+    few large chunks. The small ones (<= OVERVIEW_PX: thumbnail, tissue mask, napari zoomed out) are
+    computed together on their first read, in one pass over the file, and kept in memory.
+    """
+    base = levels[-1]
+    tile_h, tile_w = base.chunks[0][0], base.chunks[1][0]
+    out = list(levels)
+    factors = []
+    factor = 2
+    while max(base.shape[0] // (factor // 2), base.shape[1] // (factor // 2)) > COARSEST_PX:
+        factors.append(factor)
+        factor *= 2
+
+    def reduced(f: int) -> da.Array:  # float32 block mean of the native level by f
+        # coarsen needs chunks that are multiples of the factor: merge native tiles when the factor is larger
+        src = base.rechunk({0: max(tile_h, f), 1: max(tile_w, f), 2: -1})
+        if any(c % f for c in src.chunks[0][:-1] + src.chunks[1][:-1]):
+            src = base.rechunk({0: tile_h * f, 1: tile_w * f, 2: -1})
+        return da.coarsen(_block_mean, src, {0: f, 1: f}, trim_excess=True)
+
+    small = [f for f in factors if max(base.shape[0] // f, base.shape[1] // f) <= OVERVIEW_PX]
+    for f in factors[: len(factors) - len(small)]:
+        out.append(reduced(f).map_blocks(_to_uint8, dtype=np.uint8).rechunk({0: tile_h, 1: tile_w, 2: -1}))
+    if small:
+        shared = _Overviews(reduced(small[0]), [f // small[0] for f in small])
+        for n, f in enumerate(small):
+            shape = (base.shape[0] // f, base.shape[1] // f, 3)
+            name = f"overview-{f}-{base.name}"
+            out.append(da.from_array(_OverviewLevel(shared, n, shape), chunks=(tile_h, tile_w, 3), name=name,
+                                     meta=np.empty((0, 0, 0), np.uint8)))
+    return out
+
+
+class _Overviews:
+    """The small lazy levels: one dask pass gives the finest (float32 block means of the native level); the
+    coarser ones are block means of it (exact: means of equal blocks); computed on the first read, then kept."""
+
+    def __init__(self, finest: da.Array, factors: list[int]) -> None:
+        self._finest, self._factors = finest, factors
+        self._lock = threading.Lock()
+        self._data: list[np.ndarray] | None = None
+
+    def get(self, index: int) -> np.ndarray:
+        with self._lock:
+            if self._data is None:
+                finest = self._finest.compute()
+                h, w = finest.shape[:2]
+                self._data = [
+                    _to_uint8(finest[: h - h % f, : w - w % f].reshape(h // f, f, w // f, f, 3).mean(axis=(1, 3)))
+                    for f in self._factors
+                ]
+                self._finest = None
+        return self._data[index]
+
+
+class _OverviewLevel:
+    """Array-like view of one level of `_Overviews`."""
+
+    def __init__(self, shared: _Overviews, index: int, shape: tuple[int, int, int]) -> None:
+        self._shared, self._index = shared, index
+        self.shape, self.dtype, self.ndim = shape, np.dtype(np.uint8), 3
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self._shared.get(self._index)[key]
