@@ -205,6 +205,19 @@ def test_openslide_backend_path(files, image, monkeypatch):
         assert slide.associated_images["label"].shape == (60, 80, 3)
 
 
+
+def test_real_openslide_backend_matches_tiffslide(files):
+    """The real OpenSlide library (openslide-bin) reads the same geometry, mpp and pixels as the default backend."""
+    pytest.importorskip("openslide", reason="openslide-python / openslide-bin not installed")
+    with open_slide(files["svs_zlib"], backend="openslide") as osl, open_slide(files["svs_zlib"]) as tsl:
+        assert osl.level_dimensions == tsl.level_dimensions == ((1200, 800), (600, 400), (300, 200))
+        assert osl.level_downsamples == pytest.approx(tsl.level_downsamples)
+        assert osl.info.vendor == tsl.info.vendor == "aperio"
+        assert osl.mpp == pytest.approx(tsl.mpp)
+        np.testing.assert_array_equal(osl.levels[0][200:500, 300:700].compute(), tsl.levels[0][200:500, 300:700].compute())
+        np.testing.assert_array_equal(osl.read_region((100, 50), 1, (200, 120)), tsl.read_region((100, 50), 1, (200, 120)))
+
+
 # --- bad input: one clear project error naming the file, the problem and the fix -----------------
 
 
