@@ -128,3 +128,17 @@ def test_events_count_matches_batches(slide_path):
         extract_features(slide, _grid(coords, 1024, 512, level=1), "stain-texture", device="cpu", batch_size=2,
                          progress=seen.append)
     assert [(e.done, e.total) for e in seen] == [(2, 3), (3, 3)] and len(seen) == math.ceil(3 / 2)
+
+
+@pytest.mark.filterwarnings("ignore:grid patches are")
+def test_stain_texture_encodes_in_its_own_threads_one_part_of_each_batch_per_worker(slide_path):
+    coords = np.stack([np.arange(10) * 256, np.zeros(10, np.int64)], 1)
+    enc = get_encoder("stain-texture", device="cpu")
+    calls, embed = [], enc.embed
+    enc.embed = lambda x: calls.append((threading.current_thread().name, len(x))) or embed(x)
+    with open_slide(slide_path) as slide:
+        pf = extract_features(slide, _grid(coords, 256, 128, level=0), enc, batch_size=4, num_workers=2)
+    assert sorted(n for _, n in calls) == [1, 1, 2, 2, 2, 2]  # batches of 4, 4, 2 in halves
+    assert all(name.startswith("care-embed") for name, _ in calls)
+    np.testing.assert_array_equal(pf.coords, coords)
+    assert pf.features.shape == (10, enc.dim) and np.isfinite(pf.features).all()

@@ -1,5 +1,10 @@
 """Streaming patch-feature extraction: threads read and resize patches while the encoder runs.
 
+Reading and encoding are two thread pools. A CPU encoder that allows it (`cpu_parallel_embed`) runs in
+its own `num_workers` threads rather than in the readers: a reader mostly waits on the slide's decoder
+(tiffslide decodes every tile on zarr's single I/O thread on small machines), so an encoder busy in
+every core keeps them all working while the next batches are read.
+
 Memory is bounded by the batches in flight (`num_workers + prefetch_batches` batches of uint8 patches)
 plus the [N, D] float32 result, whatever the slide size.
 """
@@ -9,7 +14,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Generator
 
@@ -87,7 +92,7 @@ def iter_extract(
     encoder: a `PatchEncoder` or a registered name (built on `device`, default "auto"). Patches are read at
     the coarsest level that serves (never finer than `grid.level`) and resized to the encoder's input by
     `num_workers` threads, at most `num_workers + prefetch_batches` batches ahead of the encoder. Encoders
-    that allow it (`cpu_parallel_embed`, e.g. stain-texture) also encode inside the worker threads.
+    that allow it (`cpu_parallel_embed`, e.g. stain-texture) encode in `num_workers` threads of their own.
     """
     if isinstance(encoder, str):
         encoder = get_encoder(encoder, device=device or "auto")
@@ -100,27 +105,41 @@ def iter_extract(
     total = len(reader.coords)
     features = np.empty((total, encoder.dim), np.float32)
     in_worker = encoder.cpu_parallel_embed and encoder.device == "cpu"
-    task: Callable = (lambda idx: encoder.embed(reader.read(idx))) if in_worker else reader.read
+    read_pool = ThreadPoolExecutor(num_workers, thread_name_prefix="care-read")
+    embed_pool = ThreadPoolExecutor(num_workers, thread_name_prefix="care-embed") if in_worker else None
+
+    def submit(idx: range) -> list[Future]:
+        """The batch's patches (or features, when encoded in `embed_pool`) in `num_workers` parts, one per
+        worker: the first batch and the last one keep every worker busy."""
+        step = -(-len(idx) // num_workers)
+        parts = [read_pool.submit(reader.read, idx[i: i + step]) for i in range(0, len(idx), step)]
+        if embed_pool is None:
+            return parts
+        return [embed_pool.submit(lambda read: encoder.embed(read.result()), read) for read in parts]
+
     batches = iter(range(i, min(i + batch_size, total)) for i in range(0, total, batch_size))
     t0, done = time.perf_counter(), 0
-    pool = ThreadPoolExecutor(num_workers, thread_name_prefix="care-extract")
     pending: deque = deque()
     try:
         for idx in batches:
-            pending.append((idx, pool.submit(task, idx)))
+            pending.append((idx, submit(idx)))
             if len(pending) >= num_workers + prefetch_batches:
                 break
         while pending:
-            idx, future = pending.popleft()
-            out = future.result()
+            idx, parts = pending.popleft()
+            out = np.concatenate([part.result() for part in parts])
             nxt = next(batches, None)
             if nxt is not None:
-                pending.append((nxt, pool.submit(task, nxt)))
+                pending.append((nxt, submit(nxt)))
             features[idx.start: idx.stop] = out if in_worker else encoder.embed(out)
             done += len(idx)
             yield ExtractProgress(done, total, done / max(time.perf_counter() - t0, 1e-9))
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if embed_pool is not None:
+            embed_pool.shutdown(wait=False, cancel_futures=True)  # queued encodes go first
+        read_pool.shutdown(wait=True, cancel_futures=True)
+        if embed_pool is not None:
+            embed_pool.shutdown(wait=True)  # a running encode ends with its read (at once if the read was dropped)
     return PatchFeatures(
         features=features,
         coords=reader.coords,
