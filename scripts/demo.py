@@ -3,7 +3,8 @@
 Writes to --out (default demo-output/): the sample slide (written once; + mask), thumbnail_overlay.png (tissue outline and
 patch grid over the thumbnail), features/<slide>.h5 (stain-texture patch features), care/ (slide and ROI
 embeddings, region table CSV, QuPath GeoJSON), napari_screenshot.png (the slide opened with the plugin, µm scale
-bar) and napari_regions.png (CARE's regions and ROI over the slide). The CARE model is untrained (random
+bar), napari_regions.png (the CARE widget run on it: regions and ROI over the slide) and
+napari_full_resolution.png (level 0 at a corner of the ROI). The CARE model is untrained (random
 weights, seed 0): its regions are close to the k×k squares until a trained checkpoint is used.
 """
 
@@ -50,12 +51,11 @@ def _settle() -> None:
         time.sleep(0.1)
 
 
-def napari_screenshots(slide_path: Path, encoding, mpp: float, out: Path) -> None:
-    """Open the slide in a shown napari window with the plugin; screenshot it alone, then with CARE's regions."""
+def napari_screenshots(slide_path: Path, out: Path) -> None:
+    """Open the slide in a shown napari window with the plugin; screenshot it, then run the CARE widget as a
+    user would (it computes its own features in a worker thread) and screenshot the regions and level 0."""
     import napari
-
-    from care_core.regions import roi_geometry
-    from napari_care._layers import region_layers
+    from qtpy.QtWidgets import QApplication
 
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1400, 950)
@@ -64,22 +64,27 @@ def napari_screenshots(slide_path: Path, encoding, mpp: float, out: Path) -> Non
     viewer.reset_view()
     _settle()
     viewer.screenshot(str(out / "napari_screenshot.png"), canvas_only=False)
-    for data, kwargs, kind in region_layers(encoding, mpp, name="CARE (untrained)"):
-        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-care", "CARE regions")
+    widget.run_button.clicked.emit()
+    while widget.worker is not None:
+        QApplication.processEvents()
+        time.sleep(0.05)
+    print(f"napari widget  {widget.status.value}")
+    viewer.reset_view()  # the dock took part of the canvas
     _settle()
     viewer.screenshot(str(out / "napari_regions.png"), canvas_only=False)
-    # full resolution, where the ROI meets its neighbours: the pyramid serves level 0 tiles in view only
+    # full resolution, at a corner of the ROI: the pyramid serves the level-0 tiles in view only
+    top, left = viewer.layers[-1].data[0].min(axis=0)  # ROI outline, µm
     for layer in viewer.layers[1:]:
         layer.visible = False
-    _, (minx, miny, maxx, maxy) = roi_geometry(encoding)
-    viewer.scene.camera.center = (miny * mpp, minx * mpp)
-    viewer.scene.camera.zoom = 1.0 / mpp  # screen px per µm: one screen px per level-0 px
+    viewer.scene.camera.center = (top, left)
+    viewer.scene.camera.zoom = 1.0 / viewer.layers[0].scale[0]  # screen px per µm: one screen px per level-0 px
     _settle()
     viewer.screenshot(str(out / "napari_full_resolution.png"), canvas_only=False)
     viewer.close()
 
 
-def run_care(slide, tissue, grid, out: Path):
+def run_care(slide, tissue, grid, out: Path) -> None:
     """stain-texture features of the grid, then an untrained CARE over them; writes features and CARE outputs."""
     from care_core.encode import encode_paths
     from care_core.features import extract_features, get_encoder
@@ -94,7 +99,6 @@ def run_care(slide, tissue, grid, out: Path):
     written = encode_paths([feature_path], model, out / "care")
     encoding = SlideEncoding.load_npz(next(p for p in written if p.suffix == ".npz"))
     print(f"CARE           {encoding.n_regions} regions, ROI = region {encoding.roi} ({time.perf_counter() - t0:.1f} s)")
-    return encoding
 
 
 def main() -> None:
@@ -117,9 +121,8 @@ def main() -> None:
         grid = patch_grid(slide, tissue)
         write_overlay(slide, tissue, grid, args.out / "thumbnail_overlay.png")
         print(f"tissue         {tissue.area_mm2:.1f} mm², {len(grid.coords)} patches at 0.5 µm/px")
-        encoding = run_care(slide, tissue, grid, args.out)
-        mpp = slide.mpp
-    napari_screenshots(sample.slide_path, encoding, mpp, args.out)
+        run_care(slide, tissue, grid, args.out)
+    napari_screenshots(sample.slide_path, args.out)
     print(f"outputs        {args.out}/")
 
 
