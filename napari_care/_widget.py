@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import napari
@@ -35,6 +36,7 @@ class CareWidget(Container):
         super().__init__(widgets=[self.slide, self.encoder, self.weights, self.model, self.seed, self.run_button,
                                   self.cancel_button, self.progress, self.status])
         self.worker = None
+        self._stop = threading.Event()
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
@@ -53,9 +55,10 @@ class CareWidget(Container):
             return
         model = _optional_path(self.model.value)
         weights = _optional_path(self.weights.value)
+        self._stop = threading.Event()
         worker = thread_worker(iter_slide_pipeline)(
             layer.metadata["path"], encoder=self.encoder.value, weights=weights, model=model,
-            untrained_seed=self.seed.value, mpp=layer.metadata.get("mpp"),
+            untrained_seed=self.seed.value, mpp=layer.metadata.get("mpp"), stop=self._stop,
         )
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda encoding: self._on_done(layer, encoding, untrained=model is None))
@@ -67,16 +70,19 @@ class CareWidget(Container):
         worker.start()
 
     def cancel(self) -> None:
-        """Stop the running pipeline at its next progress step."""
+        """Stop the running pipeline at its next batch; it closes its readers in the worker thread."""
         if self.worker is not None:
-            self.worker.quit()
-            self.status.value = "cancelled"
+            self._stop.set()
+            self.status.value = "cancelling"
 
     def _on_progress(self, step) -> None:
         self.progress.max, self.progress.value = max(step.total, 1), step.done
         self.status.value = f"{_STAGES[step.stage]}: {step.done} / {step.total}"
 
     def _on_done(self, layer: Image, encoding, *, untrained: bool) -> None:
+        if encoding is None:
+            self.status.value = "cancelled"
+            return
         name = f"{layer.name} CARE{' (untrained)' if untrained else ''}"
         for old in [f"{name} regions", f"{name} ROI"]:
             if old in self.viewer.layers:

@@ -67,3 +67,34 @@ def test_no_slide_open(make_napari_viewer):
     widget = CareWidget(make_napari_viewer())
     widget.run_button.clicked.emit()
     assert widget.status.value.startswith("open a slide first")
+
+
+def test_cancel_stops_the_run_and_adds_nothing(viewer_with_slide, qtbot, monkeypatch):
+    import threading
+
+    import care_core.features.extract as extract_module
+
+    closed, cancel_pressed = [], threading.Event()
+    real = extract_module.iter_extract
+
+    def held_extract(*args, **kwargs):  # after its first batch, extraction waits until Cancel was pressed
+        gen = real(*args, **{**kwargs, "batch_size": 1})
+        try:
+            for i, step in enumerate(gen):
+                yield step
+                if i == 0:
+                    cancel_pressed.wait(60)
+        finally:
+            closed.append(True)
+
+    monkeypatch.setattr("care_core.features.iter_extract", held_extract)
+    viewer = viewer_with_slide
+    widget = CareWidget(viewer)
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.status.value.startswith("patch features"), timeout=60_000)
+    widget.cancel_button.clicked.emit()
+    cancel_pressed.set()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert widget.status.value == "cancelled"
+    assert closed == [True]  # the extraction generator was closed (readers stopped) in the worker thread
+    assert len(viewer.layers) == 1 and widget.run_button.enabled
