@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from care_core._atomic import atomic_path
 from care_core.errors import FeatureMismatchError
 
 __all__ = ["PatchFeatures", "check_compatible", "FORMAT_NAME"]
@@ -78,33 +78,25 @@ class PatchFeatures:
         from care_core import __version__
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            with h5py.File(tmp, "w") as f:
-                f.create_dataset("features", data=self.features)
-                coords = f.create_dataset("coords", data=self.coords.astype(np.int64))
-                coords.attrs["patch_size_level0"] = self.patch_size_level0
-                if self.patch_px is not None:
-                    coords.attrs["patch_size"] = int(self.patch_px)
-                attrs = f.attrs
-                attrs["format"] = FORMAT_NAME
-                attrs["encoder"] = self.encoder
-                attrs["weights_sha256"] = self.weights_sha256
-                attrs["slide_path"] = self.slide_path
-                attrs["care_version"] = __version__
-                if self.mpp is not None:
-                    attrs["mpp"] = float(self.mpp)
-                if self.patch_px is not None:
-                    attrs["patch_px"] = int(self.patch_px)
-                if self.slide_size_level0 is not None:
-                    attrs["slide_size_level0"] = np.asarray(self.slide_size_level0, dtype=np.int64)
-                attrs["extra_json"] = json.dumps(self.extra, sort_keys=True, default=str)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+            f.create_dataset("features", data=self.features)
+            coords = f.create_dataset("coords", data=self.coords.astype(np.int64))
+            coords.attrs["patch_size_level0"] = self.patch_size_level0
+            if self.patch_px is not None:
+                coords.attrs["patch_size"] = int(self.patch_px)
+            attrs = f.attrs
+            attrs["format"] = FORMAT_NAME
+            attrs["encoder"] = self.encoder
+            attrs["weights_sha256"] = self.weights_sha256
+            attrs["slide_path"] = self.slide_path
+            attrs["care_version"] = __version__
+            if self.mpp is not None:
+                attrs["mpp"] = float(self.mpp)
+            if self.patch_px is not None:
+                attrs["patch_px"] = int(self.patch_px)
+            if self.slide_size_level0 is not None:
+                attrs["slide_size_level0"] = np.asarray(self.slide_size_level0, dtype=np.int64)
+            attrs["extra_json"] = json.dumps(self.extra, sort_keys=True, default=str)
         return path
 
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from care_core._atomic import atomic_path
 from care_core.errors import CheckpointError
 
 __all__ = ["CheckpointMeta", "save_checkpoint", "load_checkpoint", "read_checkpoint_meta", "check_features", "DEMO_CHECKPOINT"]
@@ -50,17 +49,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(
     model,
     path: str | Path,
@@ -76,9 +64,9 @@ def save_checkpoint(
     from care_core import __version__
 
     tensors_path, json_path = _paths(path)
-    tensors_path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(tensors_path, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
+    with atomic_path(tensors_path) as tmp:
+        save_file(state, tmp, metadata={"format": FORMAT})
     meta = {
         "format": FORMAT,
         "config": model.config.to_dict(),
@@ -90,11 +78,8 @@ def save_checkpoint(
         "package_version": __version__,
         "extra": extra or {},
     }
-
-    def write_json(tmp: str) -> None:
-        Path(tmp).write_text(json.dumps(meta, indent=2, sort_keys=True))
-
-    _atomic_write(json_path, write_json)
+    with atomic_path(json_path) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
     return tensors_path
 
 

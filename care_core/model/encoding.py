@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from care_core._atomic import atomic_path
 
 __all__ = ["SlideEncoding"]
 
@@ -113,14 +113,8 @@ class SlideEncoding:
         scalars = {k: getattr(self, k) for k in ("roi", "rsl", "rsl_loss", "patch_size_level0", "mpp", "patch_px")}
         arrays["scalars_json"] = np.array(json.dumps(scalars))
         arrays["meta_json"] = np.array(json.dumps(self.meta, default=str))
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
         return path
 
     @classmethod

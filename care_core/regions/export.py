@@ -7,11 +7,10 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 import uuid
 from pathlib import Path
 
+from care_core._atomic import atomic_path
 from care_core.regions.geometry import REGION_COLUMNS, region_polygons, region_table
 
 __all__ = ["region_color", "to_geojson", "write_geojson", "write_region_csv", "atomic_write_text"]
@@ -23,14 +22,8 @@ ROI_COLOR = (230, 25, 75)
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to a temp file beside ``path`` and rename it over ``path``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
     return path
 
 

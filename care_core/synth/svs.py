@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from care_core._atomic import atomic_path
 from care_core.synth.render import Renderer
 from care_core.synth.tissue import COMPARTMENTS, MASK_DOWNSAMPLE, make_layout, render_labels, to_compartments
 
@@ -112,11 +113,6 @@ def _macro_image(thumbnail: np.ndarray, label: np.ndarray) -> np.ndarray:
     return img
 
 
-def _atomic_target(path: Path) -> Path:
-    """A temporary sibling of `path` to write before renaming."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def write_sample_slide(path: str | os.PathLike[str], *, width_px: int = 24000, height_px: int = 18000, seed: int = 0,
                        mpp: float = 0.5, tile_px: int = 256, jpeg_quality: int = 85) -> SampleSlide:
     """Write a seeded synthetic H&E-like Aperio SVS at `path` and its compartment mask beside it.
@@ -161,51 +157,41 @@ def write_sample_slide(path: str | os.PathLike[str], *, width_px: int = 24000, h
     base = f"{_HEADER} \r\n{width_px}x{height_px} [0,0 {width_px}x{height_px}] ({tile_px}x{tile_px})"
     jpeg = {"compression": "jpeg", "compressionargs": {"level": jpeg_quality}, "photometric": "rgb", "metadata": None}
 
-    tmp = _atomic_target(slide_path)
-    try:
-        with tifffile.TiffWriter(tmp, bigtiff=width_px * height_px * 3 > 2**31) as tif:
-            tif.write(tiles(), shape=(height_px, width_px, 3), dtype=np.uint8, tile=(tile_px, tile_px),
-                      description=f"{base} JPEG/RGB Q={jpeg_quality}{keyvals}", software=False, maxworkers=2, **jpeg)
-            factor = max(1, -(-max(quarter.shape[:2]) // _THUMBNAIL_PX))
-            thumb = _block_mean(quarter, factor) if factor > 1 else quarter
-            tif.write(thumb, description=f"{_HEADER} \r\n{width_px}x{height_px} -> {thumb.shape[1]}x{thumb.shape[0]} - "
-                      f"{keyvals}", rowsperstrip=16, software=False, **jpeg)
-            level = quarter
-            while min(level.shape[:2]) >= 1 and max(level.shape[:2]) >= _MIN_LEVEL_SIDE_PX:
-                tif.write(level, tile=(tile_px, tile_px), software=False, maxworkers=2,
-                          description=f"{base} -> {level.shape[1]}x{level.shape[0]} JPEG/RGB Q={jpeg_quality}{keyvals}",
-                          **jpeg)
-                if min(level.shape[:2]) < 4:
-                    break
-                level = _downsample4(level)
-            label = _label_image(seed)
-            tif.write(label, description=f"{_HEADER}\r\nlabel {label.shape[1]}x{label.shape[0]}", subfiletype=1,
-                      compression="lzw", photometric="rgb", metadata=None, software=False)
-            macro = _macro_image(thumb, label)
-            tif.write(macro, description=f"{_HEADER}\r\nmacro {macro.shape[1]}x{macro.shape[0]}", subfiletype=9,
-                      rowsperstrip=16, software=False, **jpeg)
-        os.replace(tmp, slide_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(slide_path) as tmp, tifffile.TiffWriter(tmp, bigtiff=width_px * height_px * 3 > 2**31) as tif:
+        tif.write(tiles(), shape=(height_px, width_px, 3), dtype=np.uint8, tile=(tile_px, tile_px),
+                  description=f"{base} JPEG/RGB Q={jpeg_quality}{keyvals}", software=False, maxworkers=2, **jpeg)
+        factor = max(1, -(-max(quarter.shape[:2]) // _THUMBNAIL_PX))
+        thumb = _block_mean(quarter, factor) if factor > 1 else quarter
+        tif.write(thumb, description=f"{_HEADER} \r\n{width_px}x{height_px} -> {thumb.shape[1]}x{thumb.shape[0]} - "
+                  f"{keyvals}", rowsperstrip=16, software=False, **jpeg)
+        level = quarter
+        while min(level.shape[:2]) >= 1 and max(level.shape[:2]) >= _MIN_LEVEL_SIDE_PX:
+            tif.write(level, tile=(tile_px, tile_px), software=False, maxworkers=2,
+                      description=f"{base} -> {level.shape[1]}x{level.shape[0]} JPEG/RGB Q={jpeg_quality}{keyvals}",
+                      **jpeg)
+            if min(level.shape[:2]) < 4:
+                break
+            level = _downsample4(level)
+        label = _label_image(seed)
+        tif.write(label, description=f"{_HEADER}\r\nlabel {label.shape[1]}x{label.shape[0]}", subfiletype=1,
+                  compression="lzw", photometric="rgb", metadata=None, software=False)
+        macro = _macro_image(thumb, label)
+        tif.write(macro, description=f"{_HEADER}\r\nmacro {macro.shape[1]}x{macro.shape[0]}", subfiletype=9,
+                  rowsperstrip=16, software=False, **jpeg)
 
     g = MASK_DOWNSAMPLE
     mask = to_compartments(render_labels(layout, height_px, width_px, g))
-    tmp = _atomic_target(mask_path)
-    try:
+    with atomic_path(mask_path) as tmp:
         tifffile.imwrite(tmp, mask, compression="zlib", photometric="minisblack", metadata=None,
                          description=json.dumps({"mask_downsample": g, "compartments": COMPARTMENTS}))
-        os.replace(tmp, mask_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     counts = np.bincount(mask.ravel(), minlength=len(COMPARTMENTS) + 1)[1:]
     sidecar = {"slide": slide_path.name, "mask": mask_path.name, "mask_downsample": g, "mpp": mpp, "seed": seed,
                "width_px": width_px, "height_px": height_px,
                "compartments": {str(k): v for k, v in COMPARTMENTS.items()},
                "tissue_fractions": {COMPARTMENTS[k]: round(float(c / max(counts.sum(), 1)), 4)
                                     for k, c in zip(COMPARTMENTS, counts)}}
-    tmp = _atomic_target(json_path)
-    tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
-    os.replace(tmp, json_path)
+    with atomic_path(json_path) as tmp:
+        tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
     return SampleSlide(slide_path, mask_path, g, dict(COMPARTMENTS), mpp)
 
 
