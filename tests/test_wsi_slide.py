@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import types
 from concurrent.futures import ThreadPoolExecutor
 
@@ -9,7 +10,9 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
+import tifffile
 import tiffslide
+from PIL import Image
 from slide_factory import (
     corrupt_tiles,
     pattern_image,
@@ -216,6 +219,98 @@ def test_real_openslide_backend_matches_tiffslide(files):
         assert osl.mpp == pytest.approx(tsl.mpp)
         np.testing.assert_array_equal(osl.levels[0][200:500, 300:700].compute(), tsl.levels[0][200:500, 300:700].compute())
         np.testing.assert_array_equal(osl.read_region((100, 50), 1, (200, 120)), tsl.read_region((100, 50), 1, (200, 120)))
+
+
+def test_composite_over_background_by_straight_alpha():
+    """OpenSlide's Python RGBA is straight (not premultiplied): out = round(rgb * a + bg * (1 - a)), a = alpha / 255."""
+    rgba = np.array([[[10, 20, 30, 0], [200, 100, 0, 128], [12, 34, 56, 255]]], np.uint8)
+    region = Image.fromarray(rgba, "RGBA")
+    white = slide_module._composite_over(region, (255, 255, 255))
+    # 200 * 128/255 + 255 * 127/255 = 227.39; 100 * 128/255 + 127 = 177.20; 0 + 127 = 127
+    np.testing.assert_array_equal(white, [[[255, 255, 255], [227, 177, 127], [12, 34, 56]]])
+    cream = slide_module._composite_over(region, (240, 224, 208))
+    # 100.39 + 240 * 127/255 = 219.92; 50.20 + 224 * 127/255 = 161.76; 208 * 127/255 = 103.59
+    np.testing.assert_array_equal(cream, [[[240, 224, 208], [220, 162, 104], [12, 34, 56]]])
+    assert white.dtype == np.uint8 and white.shape == (1, 3, 3)
+    opaque = Image.fromarray(rgba[..., :3].copy(), "RGB")  # no alpha: pixels pass through
+    np.testing.assert_array_equal(slide_module._composite_over(opaque, (0, 0, 0)), rgba[..., :3])
+
+
+@pytest.mark.parametrize(("value", "rgb"), [("FFFFFF", (255, 255, 255)), ("F0E0d0", (240, 224, 208)),
+                                            ("000000", (0, 0, 0)), (None, (255, 255, 255)),
+                                            ("white", (255, 255, 255)), ("FFF", (255, 255, 255))])
+def test_background_colour_property(value, rgb):
+    assert slide_module._background_rgb(value) == rgb
+
+
+def test_real_openslide_transparent_pixels_are_white(files, image):
+    """OpenSlide returns transparent black outside the slide; the openslide reader turns it into white glass."""
+    openslide = pytest.importorskip("openslide", reason="openslide-python / openslide-bin not installed")
+    with openslide.OpenSlide(str(files["svs_zlib"])) as osr:  # the raw library: alpha 0, rgb 0 past the edge
+        raw = np.asarray(osr.read_region((W - 100, H - 50), 0, (200, 120)))
+        assert (raw[50:, :, 3] == 0).all() and (raw[50:, :, :3] == 0).all() and (raw[:50, :100, 3] == 255).all()
+    with open_slide(files["svs_zlib"], backend="openslide") as slide:
+        block = slide._readers[0](slice(H - 50, H + 70), slice(W - 100, W + 100))  # a tile read partly off the slide
+        assert block.shape == (120, 200, 3) and block.dtype == np.uint8
+        np.testing.assert_array_equal(block[:50, :100], image[H - 50 :, W - 100 :])
+        assert (block[50:] == 255).all() and (block[:, 100:] == 255).all()
+        region = slide.read_region((W - 100, H - 50), 0, (200, 120))
+        np.testing.assert_array_equal(region, block)
+
+
+def _record_closes(monkeypatch, cls) -> list:
+    """Wrap ``cls.close`` so each call is recorded (the handle is still really closed)."""
+    closed: list = []
+    original = cls.close
+
+    def close(self) -> None:
+        closed.append(self)
+        original(self)
+
+    monkeypatch.setattr(cls, "close", close)
+    return closed
+
+
+def _raise_late(*args, **kwargs):
+    raise RuntimeError("late failure while building levels")
+
+
+def test_tiffslide_handle_closed_on_a_late_error(files, monkeypatch):
+    closed = _record_closes(monkeypatch, tiffslide.TiffSlide)
+    monkeypatch.setattr(slide_module, "add_lazy_levels", _raise_late)
+    with pytest.raises(RuntimeError, match="late failure while building levels"):
+        open_slide(files["svs"])
+    assert len(closed) == 1 and closed[0].ts_tifffile.filehandle.closed
+
+
+def test_tiffslide_handle_closed_when_the_ifds_fail(files, monkeypatch):
+    closed = _record_closes(monkeypatch, tiffslide.TiffSlide)
+
+    def broken(self):
+        raise ValueError("bad IFD chain")
+
+    monkeypatch.setattr(tifffile.TiffFile, "series", property(broken))  # TiffSlide opened, its series unreadable
+    with pytest.raises(SlideOpenError, match=r"a\.svs: corrupt TIFF \(bad IFD chain\); re-export"):
+        open_slide(files["svs"])
+    assert len(closed) == 1 and closed[0].ts_tifffile.filehandle.closed
+
+
+def test_tiffslide_handle_closed_on_bad_mpp(files, monkeypatch):
+    closed = _record_closes(monkeypatch, tiffslide.TiffSlide)
+    with pytest.raises(MissingMppError, match=r"mpp=0\.0 µm/px is outside the plausible range"):
+        open_slide(files["svs"], mpp=0.0)
+    assert len(closed) == 1 and closed[0].ts_tifffile.filehandle.closed
+
+
+def test_openslide_handle_closed_on_a_late_error(files, monkeypatch):
+    openslide = pytest.importorskip("openslide", reason="openslide-python / openslide-bin not installed")
+    closed = _record_closes(monkeypatch, openslide.OpenSlide)
+    monkeypatch.setattr(slide_module, "add_lazy_levels", _raise_late)
+    with pytest.raises(RuntimeError, match="late failure while building levels"):
+        open_slide(files["svs_zlib"], backend="openslide")
+    assert len(closed) == 1
+    with pytest.raises(ctypes.ArgumentError, match="closed slide object"):  # the C handle is gone
+        closed[0].level_count
 
 
 # --- bad input: one clear project error naming the file, the problem and the fix -----------------

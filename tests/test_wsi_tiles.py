@@ -144,6 +144,31 @@ def test_tiff_tile_reader_concurrent_with_zarr(files):
         ts.close()
 
 
+def test_tiff_tile_reader_locks_the_file_itself(files):
+    """Without any zarr store around, the reader switches tifffile's file lock on and reads right from many threads."""
+    with tifffile.TiffFile(files["generic_zlib"]) as tf:
+        fh = tf.filehandle
+        assert not fh.has_lock  # tifffile's default: a dummy lock, seek + read unguarded
+        level = tf.series[0].levels[0]
+        read = tiff_tile_reader(level, lambda r, c: pytest.fail("fallback called"))
+        assert fh.has_lock
+        image = level.asarray()
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda k: read(*REQUESTS[k % 5]), range(80)))
+        for k, block in enumerate(got):
+            rows, cols = REQUESTS[k % 5]
+            np.testing.assert_array_equal(block, image[rows, cols])
+
+
+def test_tiff_tile_reader_keeps_an_existing_lock(files):
+    """The lock zarr already reads under stays the one the reader uses: both serialise on one RLock."""
+    with tifffile.TiffFile(files["svs_jpeg"]) as tf:
+        tf.filehandle.set_lock(True)
+        lock = tf.filehandle.lock
+        tiff_tile_reader(tf.series[0].levels[0], lambda r, c: pytest.fail("fallback called"))
+        assert tf.filehandle.lock is lock
+
+
 def test_tiff_tile_reader_leaves_stripped_files_to_fallback(tmp_path):
     path = tmp_path / "s.tif"
     tifffile.imwrite(path, pattern_image(300, 200, seed=5), photometric="rgb", rowsperstrip=16)

@@ -192,27 +192,35 @@ def _open_tiffslide(path: Path, mpp: float | None) -> Slide:
         )
     try:
         ts = tiffslide.TiffSlide(path)
+    except Exception as err:  # tifffile raises many kinds on a damaged header or IFD chain
+        raise SlideOpenError(f"{path}: corrupt TIFF ({err}); re-export or copy the slide again") from err
+    try:
+        return _tiffslide_slide(path, mpp, ts)
+    except BaseException:
+        ts.close()
+        raise
+
+
+def _tiffslide_slide(path: Path, mpp: float | None, ts: Any) -> Slide:
+    """Build the Slide over an open TiffSlide; the caller closes ``ts`` if this raises."""
+    try:
         tf = ts.ts_tifffile
         series = tf.series[0]
     except Exception as err:  # tifffile raises many kinds on a damaged header or IFD chain
         raise SlideOpenError(f"{path}: corrupt TIFF ({err}); re-export or copy the slide again") from err
-    try:
-        _check_rgb(path, series)
-        props = _properties(path, ts)
-        check_tile_extents(path, tf, [page for s in tf.series for lvl in s.levels for page in lvl.pages])
-        group = ts.zarr_group
-        axes = props.get("tiffslide.series-axes", "YXS")
-        arrays = [group[str(i)] for i in range(ts.level_count)]
-        readers = [tiff_tile_reader(lvl, zarr_reader(arr, axes)) for lvl, arr in zip(series.levels, arrays)]
-        tiles = [tuple(arr.chunks[1:3] if axes == "CYX" else arr.chunks[0:2]) for arr in arrays]
-        _decode_probe(path, readers, tiles)
-        found, source = file_mpp(tf)
-        if found is None and props.get("tiffslide.mpp-x") is not None:
-            found, source = float(props["tiffslide.mpp-x"]), "scanner metadata"
-        resolved = resolve_mpp(path, mpp, found, source)
-    except BaseException:
-        ts.close()
-        raise
+    _check_rgb(path, series)
+    props = _properties(path, ts)
+    check_tile_extents(path, tf, [page for s in tf.series for lvl in s.levels for page in lvl.pages])
+    group = ts.zarr_group
+    axes = props.get("tiffslide.series-axes", "YXS")
+    arrays = [group[str(i)] for i in range(ts.level_count)]
+    readers = [tiff_tile_reader(lvl, zarr_reader(arr, axes)) for lvl, arr in zip(series.levels, arrays)]
+    tiles = [tuple(arr.chunks[1:3] if axes == "CYX" else arr.chunks[0:2]) for arr in arrays]
+    _decode_probe(path, readers, tiles)
+    found, source = file_mpp(tf)
+    if found is None and props.get("tiffslide.mpp-x") is not None:
+        found, source = float(props["tiffslide.mpp-x"]), "scanner metadata"
+    resolved = resolve_mpp(path, mpp, found, source)
     stat = path.stat()
     levels = add_lazy_levels([
         tiled_level(read, (h, w), tile, level_token(str(path.resolve()), stat.st_mtime_ns, stat.st_size, i))
@@ -284,20 +292,26 @@ def _open_openslide(path: Path, mpp: float | None, openslide: ModuleType) -> Sli
         osr = openslide.OpenSlide(str(path))
     except Exception as err:  # OpenSlideError, OpenSlideUnsupportedFormatError, OSError
         raise SlideOpenError(f"{path}: openslide cannot open it ({err}); check the file is a complete slide") from err
-    props = dict(osr.properties)
-    prefix = openslide.PROPERTY_NAME_MPP_X.split(".")[0]
     try:
-        found = _float_or_none(props.get(openslide.PROPERTY_NAME_MPP_X))
-        resolved = resolve_mpp(path, mpp, found, "OpenSlide mpp-x property")
+        return _openslide_slide(path, mpp, openslide, osr)
     except BaseException:
         osr.close()
         raise
+
+
+def _openslide_slide(path: Path, mpp: float | None, openslide: ModuleType, osr: Any) -> Slide:
+    """Build the Slide over an open OpenSlide; the caller closes ``osr`` if this raises."""
+    props = dict(osr.properties)
+    prefix = openslide.PROPERTY_NAME_MPP_X.split(".")[0]
+    found = _float_or_none(props.get(openslide.PROPERTY_NAME_MPP_X))
+    resolved = resolve_mpp(path, mpp, found, "OpenSlide mpp-x property")
+    background = _background_rgb(props.get(f"{prefix}.background-color"))
     readers, native = [], []
     stat = path.stat()
     for level, (w, h) in enumerate(osr.level_dimensions):
         tile = (int(props.get(f"{prefix}.level[{level}].tile-height") or 512),
                 int(props.get(f"{prefix}.level[{level}].tile-width") or 512))
-        readers.append(_openslide_reader(osr, level))
+        readers.append(_openslide_reader(osr, level, background))
         token = level_token("openslide", str(path.resolve()), stat.st_mtime_ns, stat.st_size, level)
         native.append(tiled_level(readers[-1], (h, w), tile, token))
     levels = add_lazy_levels(native)
@@ -313,14 +327,37 @@ def _open_openslide(path: Path, mpp: float | None, openslide: ModuleType) -> Sli
     return Slide(info, levels, props, readers=readers, associated=associated, handle=osr)
 
 
-def _openslide_reader(osr: Any, level: int) -> TileReader:
-    """Reader of one OpenSlide level; OpenSlide takes the corner in level-0 px."""
+def _background_rgb(value: str | None) -> tuple[int, int, int]:
+    """The slide's background colour from OpenSlide's hex ``background-color`` property ("RRGGBB");
+    white when the property is absent or not six hex digits."""
+    text = (value or "").strip().lstrip("#")
+    if len(text) != 6 or any(c not in "0123456789abcdefABCDEF" for c in text):
+        return (BACKGROUND_RGB,) * 3
+    return int(text[0:2], 16), int(text[2:4], 16), int(text[4:6], 16)
+
+
+def _composite_over(region: Any, background: tuple[int, int, int]) -> np.ndarray:
+    """(h, w, 3) uint8 of a PIL image composited over ``background`` by its alpha. OpenSlide's Python
+    ``read_region`` returns straight (not premultiplied) RGBA, so out = rgb * a + background * (1 - a),
+    rounded; transparent pixels (unscanned areas, outside the slide) become the background."""
+    rgba = np.asarray(region.convert("RGBA"))
+    rgb, alpha = rgba[..., :3], rgba[..., 3:]
+    if (alpha == 255).all():  # opaque (also an empty region): nothing to blend
+        return np.ascontiguousarray(rgb)
+    a = alpha.astype(np.float32) / np.float32(255)
+    out = rgb * a + np.asarray(background, np.float32) * (1 - a)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def _openslide_reader(osr: Any, level: int, background: tuple[int, int, int]) -> TileReader:
+    """Reader of one OpenSlide level, transparent pixels shown as ``background``; OpenSlide takes the
+    corner in level-0 px."""
     ds = osr.level_downsamples[level]
 
     def read(rows: slice, cols: slice) -> np.ndarray:
         corner = (int(round(cols.start * ds)), int(round(rows.start * ds)))
         region = osr.read_region(corner, level, (cols.stop - cols.start, rows.stop - rows.start))
-        return np.asarray(region.convert("RGB"))
+        return _composite_over(region, background)
 
     return read
 
