@@ -48,11 +48,12 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_extract(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from care_core.features import format_summary, read_slide_list_csv, run_cohort
+    from care_core.features import format_summary, get_encoder_spec, read_slide_list_csv, run_cohort
 
     if bool(args.slides) == bool(args.csv):
         raise SystemExit("care extract: error: give slide files or --csv slides.csv (one of them)")
     slides = read_slide_list_csv(args.csv) if args.csv else args.slides
+    spec = get_encoder_spec(args.encoder)
     with tqdm(total=len(slides), unit="slide", desc=f"extract {args.encoder}") as bar:
 
         def progress(row) -> None:
@@ -61,7 +62,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
         summary = run_cohort(
             slides, args.out, encoder=args.encoder, weights=args.weights, scheduler=args.scheduler,
-            n_workers=args.workers, target_mpp=args.target_mpp, patch_px=args.patch_px, mpp_override=args.mpp,
+            n_workers=args.workers, target_mpp=args.target_mpp or spec.mpp, patch_px=args.patch_px or spec.patch_px,
+            mpp_override=args.mpp,
             min_tissue=args.min_tissue, batch_size=args.batch_size, device=args.device, progress=progress,
         )
     print(format_summary(summary))
@@ -93,7 +95,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     for i, total, path, written in iter_encode_paths(args.features, model, args.out, allow_pickle=args.allow_pickle):
         bar = bar or tqdm(total=total, unit="slide", desc="encode")
         bar.update(1)
-        bar.write(f"{path.name}: {', '.join(p.name for p in written)}")
+        bar.write(f"{path.name}: {', '.join(p.name for p in written) or 'skipped (no patches)'}")
     if bar is not None:
         bar.close()
     return 0
@@ -127,9 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder: one <slide stem>.h5 per slide")
     p.add_argument("--scheduler", default=None, help="tcp://host:port of a running dask scheduler (default: a local cluster)")
     p.add_argument("--workers", type=int, default=2, help="local cluster worker processes (default 2)")
-    p.add_argument("--mpp", type=float, default=None, help="level-0 µm/px for slides without their own")
-    p.add_argument("--target-mpp", type=float, default=0.5, help="patch resolution in µm/px (default 0.5)")
-    p.add_argument("--patch-px", type=int, default=512, help="patch side in px at --target-mpp (default 512)")
+    p.add_argument("--mpp", type=float, default=None,
+                   help="level-0 µm/px for every slide, overriding the files' values (per slide: the CSV's mpp column)")
+    p.add_argument("--target-mpp", type=float, default=None,
+                   help="patch resolution in µm/px (default: what the encoder expects; 0.5 for most)")
+    p.add_argument("--patch-px", type=int, default=None,
+                   help="patch side in px at --target-mpp (default: what the encoder expects, e.g. 512 for stain-texture)")
     p.add_argument("--min-tissue", type=float, default=0.25, help="minimum tissue fraction of a kept patch")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import warnings
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -30,6 +32,11 @@ def feature_files(inputs: Sequence[str | os.PathLike], *, allow_pickle: bool = F
             out.append(item)
         else:
             raise FeatureFileError(f"input {str(item)!r} does not exist")
+    stems = Counter(p.stem for p in out)
+    clashes = sorted(str(p) for p in out if stems[p.stem] > 1)
+    if clashes:
+        raise FeatureFileError(f"feature files {clashes} share a name, so their outputs would overwrite each other; "
+                               "encode them into separate --out folders")
     return out
 
 
@@ -51,12 +58,12 @@ def resolve_model(model=None):
 
 
 def _write_slide(enc, stem: str, out_dir: Path) -> list[Path]:
+    from care_core._atomic import atomic_path
     from care_core.regions import write_geojson, write_region_csv
 
     def save_npy(path: Path, array: np.ndarray) -> Path:
-        tmp = path.with_name(f".{path.name}.tmp.npy")
-        np.save(tmp, array)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, array)
         return path
 
     return [
@@ -82,6 +89,10 @@ def iter_encode_paths(
     out.mkdir(parents=True, exist_ok=True)
     for i, path in enumerate(files):
         features = load_features(path, allow_pickle=allow_pickle)
+        if features.n_patches == 0:  # `care extract` writes these for slides without tissue
+            warnings.warn(f"{path}: no patches (a slide without tissue); nothing to encode", stacklevel=2)
+            yield i, len(files), path, []
+            continue
         if meta is not None:
             check_features(meta, features)
         enc = care.encode(features)

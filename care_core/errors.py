@@ -12,6 +12,8 @@ __all__ = [
     "MissingWeightsError",
     "FeatureFileError",
     "CheckpointError",
+    "UnknownEncoderError",
+    "InvalidInputError",
 ]
 
 
@@ -45,3 +47,14 @@ class FeatureFileError(CareError, ValueError):
 
 class CheckpointError(CareError, ValueError):
     """A CARE checkpoint cannot be loaded or does not fit the features."""
+
+
+class UnknownEncoderError(CareError, KeyError):
+    """A patch-encoder name that is not registered; the message lists the choices."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidInputError(CareError, ValueError):
+    """A user-given value or list is unusable (a slide-list CSV, clashing names, a patch larger than the slide)."""

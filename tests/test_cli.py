@@ -70,3 +70,9 @@ def test_extract_reports_failed_slide_and_exits_nonzero(tmp_path, capsys):
 def test_bad_usage_exits_with_usage_error(argv):
     with pytest.raises(SystemExit):
         main(argv)
+
+
+def test_unknown_encoder_is_one_error_line(tmp_path, capsys):
+    assert main(["extract", str(tmp_path / "s.svs"), "--encoder", "uni3", "--out", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("care extract: error: unknown encoder 'uni3'; choose one of [") and "Traceback" not in err

@@ -71,3 +71,24 @@ def test_encode_without_model_or_inputs(setup, monkeypatch):
     (tmp / "empty").mkdir()
     with pytest.raises(FeatureFileError, match="holds no feature files"):
         encode_paths([tmp / "empty"], model, tmp / "out")
+
+
+def test_empty_feature_file_is_skipped_with_a_warning(tmp_path):
+    feats = tmp_path / "feats"
+    PatchFeatures(np.zeros((0, 16), np.float32), np.zeros((0, 2)), 256, encoder="e").save(feats / "empty.h5")
+    PatchFeatures(np.ones((4, 16), np.float32), [[0, 0], [256, 0], [0, 256], [256, 256]], 256, encoder="e").save(
+        feats / "full.h5")
+    model = CARE.from_seed(0, input_dim=16, embed_dim=32, heads=2, spf_dim=16)
+    with pytest.warns(UserWarning, match=r"empty\.h5: no patches"):
+        written = encode_paths([feats], model, tmp_path / "out")
+    assert sorted(p.name for p in written) == sorted(f"full{s}" for s in OUTPUT_SUFFIXES)
+
+
+def test_feature_files_with_the_same_name_are_refused(tmp_path):
+    from care_core.encode import feature_files
+
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "x.h5").write_bytes(b"")
+    with pytest.raises(FeatureFileError, match=r"share a name.*separate --out"):
+        feature_files([tmp_path / "a", tmp_path / "b"])

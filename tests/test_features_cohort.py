@@ -96,3 +96,17 @@ def test_summary_ok_and_counts():
     s = CohortSummary(rows, out_dir=Path("o"), encoder="stain-texture")
     assert s.ok and s.counts == {"done": 1, "skipped": 1, "failed": 0, "empty": 1}
     assert not CohortSummary([*rows, CohortRow("d", "failed", error="x")], out_dir=s.out_dir, encoder="e").ok
+
+
+def test_existing_file_from_another_encoder_is_not_taken_as_finished(tmp_path):
+    import numpy as np
+
+    from care_core.features import PatchFeatures, run_cohort
+
+    out = tmp_path / "out"
+    PatchFeatures(np.zeros((2, 4), np.float32), [[0, 0], [512, 0]], 512, mpp=0.5, patch_px=512, encoder="uni_v2").save(
+        out / "s.h5")
+    summary = run_cohort([tmp_path / "s.svs"], out, encoder="stain-texture", n_workers=1)
+    (row,) = summary.rows
+    assert row.status == "failed" and not summary.ok
+    assert "exists from encoder 'uni_v2'" in row.error and "another --out" in row.error

@@ -17,6 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable
 
+from care_core.errors import InvalidInputError
+
 __all__ = ["SlideEntry", "CohortRow", "CohortSummary", "run_cohort", "read_slide_list_csv", "format_summary"]
 
 STATUSES = ("done", "skipped", "failed", "empty")
@@ -72,22 +74,22 @@ def read_slide_list_csv(path: str | os.PathLike) -> list[SlideEntry]:
             columns = [c.strip() for c in reader.fieldnames or []]
             rows = list(reader)
     except OSError as exc:
-        raise ValueError(f"cannot read slide list {str(path)!r}: {exc}") from exc
+        raise InvalidInputError(f"cannot read slide list {str(path)!r}: {exc}") from exc
     col = next((c for c in ("slide", "path") if c in columns), None)
     if col is None:
-        raise ValueError(f"{str(path)!r} has columns {columns}; it needs a 'slide' or 'path' column (and optionally 'mpp')")
+        raise InvalidInputError(f"{str(path)!r} has columns {columns}; it needs a 'slide' or 'path' column (and optionally 'mpp')")
     entries = []
     for line, row in enumerate(rows, start=2):
         row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
         if not row[col]:
-            raise ValueError(f"{str(path)!r} line {line}: empty {col!r} cell")
+            raise InvalidInputError(f"{str(path)!r} line {line}: empty {col!r} cell")
         mpp_text = row.get("mpp", "")
         try:
             mpp = float(mpp_text) if mpp_text else None
         except ValueError:
-            raise ValueError(f"{str(path)!r} line {line}: mpp={mpp_text!r} is not a number (µm/px)") from None
+            raise InvalidInputError(f"{str(path)!r} line {line}: mpp={mpp_text!r} is not a number (µm/px)") from None
         if mpp is not None and not mpp > 0:
-            raise ValueError(f"{str(path)!r} line {line}: mpp={mpp_text!r} must be positive (µm/px)")
+            raise InvalidInputError(f"{str(path)!r} line {line}: mpp={mpp_text!r} must be positive (µm/px)")
         slide = Path(row[col]).expanduser()
         entries.append(SlideEntry(slide if slide.is_absolute() else path.parent / slide, mpp))
     return entries
@@ -144,11 +146,18 @@ def _extract_one(slide_path: str, out_path: str, mpp: float | None, cfg: dict) -
     return "done", features.n_patches, ""
 
 
-def _n_patches(path: Path) -> int:
+def _finished(path: Path, encoder_name: str, cfg: dict) -> tuple[int, str]:
+    """(patches, "") of a finished feature file made with this run's encoder and grid, else (0, why not)."""
     import h5py
 
     with h5py.File(path, "r") as f:
-        return int(f["coords"].shape[0])
+        made = (str(f.attrs.get("encoder", "")), f.attrs.get("mpp"), f.attrs.get("patch_px"))
+        n = int(f["coords"].shape[0])
+    wanted = (encoder_name, cfg["target_mpp"], cfg["patch_px"])
+    if made[0] != wanted[0] or made[1] is None or abs(float(made[1]) - wanted[1]) > 1e-6 or made[2] != wanted[2]:
+        return 0, (f"{path} exists from encoder {made[0]!r} at {made[1]} µm/px, {made[2]} px, not {wanted[0]!r} at "
+                   f"{wanted[1]:g} µm/px, {wanted[2]} px; write to another --out folder or delete it")
+    return n, ""
 
 
 def run_cohort(
@@ -171,8 +180,8 @@ def run_cohort(
     """Extract `<out_dir>/<stem>.h5` for every slide, one dask task per slide; returns the summary.
 
     scheduler: "tcp://host:port" of a running dask scheduler, or None for a LocalCluster of `n_workers`
-    processes with 1 thread each. mpp_override: level-0 µm/px for slides that give none of their own
-    (`SlideEntry.mpp` wins). read_threads: patch-reading threads inside each task. progress: called with each
+    processes with 1 thread each. mpp_override: level-0 µm/px used for every slide instead of
+    the file's value (a `SlideEntry.mpp`, e.g. the CSV's mpp column, wins over it). read_threads: patch-reading threads inside each task. progress: called with each
     row as it finishes (skipped rows first). Slides with no tissue get an empty (0 × D) file and a warning.
     """
     from care_core.features.registry import get_encoder_spec
@@ -185,7 +194,7 @@ def run_cohort(
     for e in entries:
         other = stems.setdefault(Path(e.path).stem, Path(e.path))
         if other != Path(e.path):
-            raise ValueError(f"slides {str(other)!r} and {str(e.path)!r} share the name {Path(e.path).stem!r}; "
+            raise InvalidInputError(f"slides {str(other)!r} and {str(e.path)!r} share the name {Path(e.path).stem!r}; "
                              "their outputs would collide: rename one or run them into different --out folders")
     cfg = {"encoder": encoder, "weights": None if weights is None else str(weights), "device": device,
            "target_mpp": float(target_mpp), "patch_px": int(patch_px), "min_tissue": float(min_tissue),
@@ -195,7 +204,8 @@ def run_cohort(
     for i, e in enumerate(entries):
         out = out_dir / f"{Path(e.path).stem}.h5"
         if out.is_file():
-            rows[i] = CohortRow(str(e.path), "skipped", _n_patches(out), 0.0, "", str(out))
+            n, clash = _finished(out, spec.name, cfg)
+            rows[i] = CohortRow(str(e.path), "failed" if clash else "skipped", n, 0.0, clash, str(out))
             if progress is not None:
                 progress(rows[i])
         else:

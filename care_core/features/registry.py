@@ -7,6 +7,8 @@ from typing import Callable
 
 import numpy as np
 
+from care_core.errors import UnknownEncoderError
+
 __all__ = [
     "EncoderSpec",
     "PatchEncoder",
@@ -139,8 +141,8 @@ def list_encoders() -> list[str]:
     return sorted(_SPECS)
 
 
-def _unknown(name: str) -> KeyError:
-    return KeyError(f"unknown encoder {name!r}; choose one of {list_encoders()} or 'timm:<arch>' for any timm architecture")
+def _unknown(name: str) -> UnknownEncoderError:
+    return UnknownEncoderError(f"unknown encoder {name!r}; choose one of {list_encoders()} or 'timm:<arch>' for any timm architecture")
 
 
 def get_encoder_spec(name: str) -> EncoderSpec:

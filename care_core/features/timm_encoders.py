@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from care_core.errors import CheckpointError, MissingWeightsError
+from care_core.errors import CheckpointError, MissingWeightsError, UnknownEncoderError
 from care_core.features.registry import EncoderSpec, PatchEncoder, register_encoder
 
 __all__ = ["TimmPatchEncoder", "SPECS", "timm_arch_spec", "build_timm_arch", "load_state_dict_file", "sha256_file"]
@@ -343,7 +343,7 @@ def timm_arch_spec(arch: str, **overrides) -> EncoderSpec:
     import torch
 
     if not timm.is_model(arch):
-        raise KeyError(f"unknown timm architecture {arch!r}; see timm.list_models() for the choices")
+        raise UnknownEncoderError(f"unknown timm architecture {arch!r}; see timm.list_models() for the choices")
     with torch.device("meta"):
         model = timm.create_model(arch, pretrained=False, num_classes=0, **overrides)
     cfg = model.pretrained_cfg

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from care_core.errors import MissingMppError, NoTissueError
+from care_core.errors import InvalidInputError, MissingMppError, NoTissueError
 from care_core.wsi.slide import Slide
 from care_core.wsi.tissue import TissueMask, detect_tissue
 
@@ -70,11 +70,11 @@ def patch_grid(
             f"pass the scan's µm/px with mpp= to open_slide (CLI: --mpp)"
         )
     if target_mpp <= 0 or patch_px <= 0:
-        raise ValueError(f"target_mpp={target_mpp!r} and patch_px={patch_px!r} must be positive")
+        raise InvalidInputError(f"target_mpp={target_mpp!r} and patch_px={patch_px!r} must be positive")
     size = int(round(patch_px * target_mpp / slide.mpp))
     w0, h0 = slide.dimensions
     if size < 1 or size > min(w0, h0):
-        raise ValueError(
+        raise InvalidInputError(
             f"{slide.path}: a {patch_px} px patch at {target_mpp} µm/px is {size} level-0 px, which does not fit "
             f"the {w0}x{h0} px slide; use a smaller patch_px or a finer target_mpp"
         )
