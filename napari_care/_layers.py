@@ -46,7 +46,7 @@ def region_layers(encoding, mpp: float, *, name: str = "CARE") -> list[LayerData
     from care_core.regions import label_raster, region_table, roi_geometry
 
     step = encoding.patch_size_level0
-    origin = (encoding.coords // step).min(axis=0) * step  # level-0 (x, y) of grid cell (0, 0)
+    origin = encoding.coords.min(axis=0)  # level-0 (x, y) of grid cell (0, 0) (PatchFeatures.grid_indices)
     cell_um = step * mpp
     rows = region_table(encoding, patch_side_um=encoding.patch_side_um)
     blank = {"id": -1, "is_roi": False}  # row 0 describes label 0 (no region); row i describes region i - 1

@@ -20,11 +20,12 @@ def get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]] | None
     if not Path(path).is_file():
         return None
     try:
-        slide = open_slide(path)
+        with open_slide(path):  # a cheap check (metadata only); closed again if napari picks another reader
+            pass
     except (CareError, OSError, ValueError):
         return None
 
     def read(_path: str) -> list[LayerData]:
-        return [slide_layer(slide)]
+        return [slide_layer(open_slide(path))]
 
     return read

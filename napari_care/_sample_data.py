@@ -28,11 +28,13 @@ def sample_slide() -> list[LayerData]:
     slide = open_slide(sample.slide_path)
     image = slide_layer(slide, name="sample slide")
     mpp = slide.info.mpp * sample.mask_downsample
+    centre = (sample.mask_downsample - 1) / 2 * slide.info.mpp  # mask pixel 0 covers level-0 px 0..15
     labels = (
         sample.read_mask(),
         {
             "name": "ground-truth compartments",
             "scale": (mpp, mpp),
+            "translate": (centre, centre),
             "units": ("µm", "µm"),
             "opacity": 0.35,
             "visible": False,

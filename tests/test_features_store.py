@@ -197,3 +197,15 @@ def test_empty_features_round_trip(tmp_path):
     back = load_features(pf.save(tmp_path / "empty.h5"))
     assert back.features.shape == (0, 230) and back.coords.shape == (0, 2)
     assert back.grid_indices().shape == (0, 2)
+
+
+def test_grid_indices_round_offsets_and_refuse_collisions():
+    from care_core.errors import FeatureFileError
+
+    # a grid that does not start at a multiple of the step (CLAM contours each have their own origin)
+    feats = PatchFeatures(np.zeros((3, 2), np.float32), [[300, 100], [812, 100], [300, 612]], 512)
+    np.testing.assert_array_equal(feats.grid_indices(), [[0, 0], [1, 0], [0, 1]])
+    # coords 1 px off the lattice still land in their own cell
+    np.testing.assert_array_equal(PatchFeatures(np.zeros((2, 2)), [[0, 0], [513, 1]], 512).grid_indices(), [[0, 0], [1, 0]])
+    with pytest.raises(FeatureFileError, match="several patches fall in one grid cell of 512 level-0 px"):
+        PatchFeatures(np.zeros((2, 2)), [[0, 0], [100, 0]], 512).grid_indices()

@@ -29,7 +29,8 @@ def test_reader_gives_one_multiscale_layer_in_um(svs, make_napari_viewer):
     # pixels served through the layer are the slide's pixels
     from tiffslide import TiffSlide
 
-    ref = np.asarray(TiffSlide(svs).read_region((0, 0), 0, (1024, 768)))[..., :3]
+    with TiffSlide(svs) as ts:
+        ref = np.asarray(ts.read_region((0, 0), 0, (1024, 768)))[..., :3]
     np.testing.assert_array_equal(np.asarray(layer.data[0][:768, :1024]), ref)
 
 

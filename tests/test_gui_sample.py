@@ -19,6 +19,7 @@ def test_sample_data_opens_slide_and_compartments(make_napari_viewer, tmp_path, 
     np.testing.assert_allclose(image.scale, (0.5, 0.5))
     assert labels.data.shape == (96, 128)
     np.testing.assert_allclose(labels.scale, (8.0, 8.0))  # 16 level-0 px of 0.5 µm each
+    np.testing.assert_allclose(labels.translate, (3.75, 3.75))  # centre of level-0 px 0..15, as the image places it
     assert set(np.unique(labels.data)) >= {0, 1, 2, 3, 4}
     assert labels.metadata["compartments"][1] == "tumour"
     assert list(tmp_path.glob("*.svs")), "the sample is written into the cache folder"

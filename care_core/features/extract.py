@@ -1,9 +1,8 @@
 """Streaming patch-feature extraction: threads read and resize patches while the encoder runs.
 
 Reading and encoding are two thread pools. A CPU encoder that allows it (`cpu_parallel_embed`) runs in
-its own `num_workers` threads rather than in the readers: a reader mostly waits on the slide's decoder
-(tiffslide decodes every tile on zarr's single I/O thread on small machines), so an encoder busy in
-every core keeps them all working while the next batches are read.
+its own `num_workers` threads rather than in the readers, so the cores stay busy encoding while readers
+wait on file I/O and decoding (both release the GIL).
 
 Memory is bounded by the batches in flight (`num_workers + prefetch_batches` batches of uint8 patches)
 plus the [N, D] float32 result, whatever the slide size.

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from care_core._atomic import atomic_path
-from care_core.errors import FeatureMismatchError
+from care_core.errors import FeatureFileError, FeatureMismatchError
 
 __all__ = ["PatchFeatures", "check_compatible", "FORMAT_NAME"]
 
@@ -63,9 +63,19 @@ class PatchFeatures:
         return int(self.features.shape[1])
 
     def grid_indices(self) -> np.ndarray:
-        """[N, 2] integer grid (col, row) of each patch: coords // patch_size_level0, shifted to start at 0."""
-        g = self.coords // self.patch_size_level0
-        return g - g.min(axis=0) if len(g) else g
+        """[N, 2] integer grid (col, row) of each patch: its offset from the top-left patch in steps of
+        patch_size_level0, rounded (grids need not start at a multiple of the step). Two patches in one cell
+        raise FeatureFileError: the coords are not a grid of this step."""
+        if not len(self.coords):
+            return self.coords.copy()
+        g = np.rint((self.coords - self.coords.min(axis=0)) / self.patch_size_level0).astype(np.int64)
+        if len(np.unique(g, axis=0)) < len(g):
+            raise FeatureFileError(
+                f"{self.slide_path or 'these features'}: several patches fall in one grid cell of "
+                f"{self.patch_size_level0} level-0 px; the coords are not a patch grid of that step "
+                "(pass the right patch_size_level0 when loading)"
+            )
+        return g
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write `path` (.h5, TRIDENT layout) atomically: a temp file in the same folder, then `os.replace`.

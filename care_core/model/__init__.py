@@ -14,7 +14,6 @@ _WHERE = {
     "CAREOutput": "care",
     "SubregionGeometry": "care",
     "arg_scores": "care",
-    "care_released": "care",
     "rsl_expected_rank": "care",
     "soft_inclusion_dense": "care",
     "subregion_geometry": "care",

@@ -49,7 +49,6 @@ __all__ = [
     "soft_inclusion_dense",
     "arg_scores",
     "rsl_expected_rank",
-    "care_released",
 ]
 
 _ANCHORS = ("center", "corner")
@@ -740,14 +739,4 @@ class CARE(nn.Module):
     def encode(self, features, *, autocast: bool | None = None):
         """Encode one slide's ``PatchFeatures`` -> ``SlideEncoding`` (numpy fields)."""
         return self.encode_batch([features], autocast=autocast)[0]
-
-
-# --------------------------------------------------------------------------------------------------
-# Named constructors
-# --------------------------------------------------------------------------------------------------
-
-
-def care_released(seed: int | None = None, **overrides) -> CARE:
-    """The released configuration (768-d CONCH v1.5 input, 512-d, 8 heads, k = 8), randomly initialised."""
-    return CARE(**overrides) if seed is None else CARE.from_seed(seed, **overrides)
 

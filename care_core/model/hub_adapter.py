@@ -76,7 +76,7 @@ def load_authors_model(snapshot_dir: str | Path, *, trust_remote_code: bool = Fa
     if not trust_remote_code:
         raise CheckpointError(
             f"loading {snapshot} runs the Python code shipped in that repository; read it, then pass "
-            "trust_remote_code=True (CLI: --trust-remote-code) to allow it"
+            "trust_remote_code=True to allow it"
         )
     try:
         from transformers import AutoModel
