@@ -82,3 +82,12 @@ def test_authors_model_needs_snapshot_and_flag(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(CheckpointError, match="runs the Python code shipped in that repository.*trust_remote_code=True"):
         load_authors_model(tmp_path)
+
+
+def test_config_that_cannot_build_a_care_is_a_checkpoint_error(saved, tmp_path):
+    _, path = saved
+    raw = json.loads(path.with_suffix(".json").read_text())
+    raw["config"]["heads"] = 7  # embed_dim 32 is not divisible by 7
+    (tmp_path / "bad.json").write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match=r"bad\.json: its config cannot build a CARE \(embed_dim=32 is not divisible"):
+        read_checkpoint_meta(tmp_path / "bad")

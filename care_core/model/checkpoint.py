@@ -94,9 +94,15 @@ def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
         raise CheckpointError(f"checkpoint metadata {json_path} is not valid JSON ({exc}); re-save the checkpoint") from exc
     if raw.get("format") != FORMAT or "config" not in raw:
         raise CheckpointError(f"{json_path} has format={raw.get('format')!r}, expected {FORMAT!r}; it is not a CARE checkpoint")
+    from care_core.model.care import CAREConfig
+
+    try:  # the config is the one source of the architecture (the top-level input_dim is for people reading the file)
+        input_dim = CAREConfig.from_dict(raw["config"]).input_dim
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{json_path}: its config cannot build a CARE ({exc}); re-save the checkpoint") from exc
     return CheckpointMeta(
         config=raw["config"],
-        input_dim=int(raw["input_dim"]),
+        input_dim=input_dim,
         encoder=raw.get("encoder", ""),
         feature_mpp=raw.get("feature_mpp"),
         patch_px=raw.get("patch_px"),
