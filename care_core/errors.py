@@ -14,6 +14,8 @@ __all__ = [
     "CheckpointError",
     "UnknownEncoderError",
     "InvalidInputError",
+    "TrainingConfigError",
+    "TrainingError",
 ]
 
 
@@ -58,3 +60,11 @@ class UnknownEncoderError(CareError, KeyError):
 
 class InvalidInputError(CareError, ValueError):
     """A user-given value or list is unusable (a slide-list CSV, clashing names, a patch larger than the slide)."""
+
+
+class TrainingConfigError(CareError, ValueError):
+    """A training config, data set or resume folder cannot start a run (found before any step)."""
+
+
+class TrainingError(CareError, RuntimeError):
+    """A run stopped on purpose mid-way (NaN/Inf loss); the last good checkpoint is kept."""

@@ -1,0 +1,1 @@
+"""Training CARE: Stage I (iBOT on feature grids), Stage II (RNA / protein alignment), fine-tuning; one trainer."""
