@@ -10,12 +10,51 @@ import numpy as np
 
 from care_core._atomic import atomic_path
 
-__all__ = ["SlideEncoding"]
+__all__ = ["SlideEncoding", "HeadPrediction"]
 
 _ARRAYS = (
     "slide_embedding", "region_embeddings", "patch_region", "region_subregion", "pi", "alpha", "beta",
     "candidates", "candidate_scores", "coords", "grid",
 )
+
+
+@dataclass(frozen=True)
+class HeadPrediction:
+    """What one trained head says about one slide.
+
+    head: the head's name (its file stem).  classes: class names, in column order; ("risk",) for a Cox head.
+    slide_proba: [C] float32 class probabilities of the slide (a Cox head: the risk score, higher = worse).
+    region_proba: [R, C] float32 the same head applied to each region embedding (None when the encoding
+    has no regions or the head's input is not in the region-embedding space).
+    """
+
+    head: str
+    classes: tuple[str, ...]
+    slide_proba: np.ndarray
+    region_proba: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        slide = np.asarray(self.slide_proba, dtype=np.float32).reshape(-1)
+        if slide.shape != (len(self.classes),):
+            raise ValueError(f"head {self.head!r}: slide_proba has shape {slide.shape}, expected ({len(self.classes)},)")
+        object.__setattr__(self, "slide_proba", slide)
+        if self.region_proba is not None:
+            region = np.asarray(self.region_proba, dtype=np.float32)
+            if region.ndim != 2 or region.shape[1] != len(self.classes):
+                raise ValueError(f"head {self.head!r}: region_proba has shape {region.shape}, "
+                                 f"expected (R, {len(self.classes)})")
+            object.__setattr__(self, "region_proba", region)
+
+    @property
+    def slide_class(self) -> str:
+        """The most probable class of the slide (for a Cox head: "risk")."""
+        return self.classes[int(np.argmax(self.slide_proba))]
+
+    @property
+    def region_class(self) -> np.ndarray | None:
+        """[R] int64 index into ``classes`` of each region's most probable class (None without regions)."""
+        return None if self.region_proba is None else np.argmax(self.region_proba, axis=1).astype(np.int64)
 
 
 @dataclass
@@ -32,6 +71,7 @@ class SlideEncoding:
     grid: [N, 2] (col, row) grid index; patch_size_level0: patch side in level-0 px.
     mpp, patch_px: µm/px and patch side (px) at which the features were made (None when unknown).
     meta: provenance (encoder, slide path, model config / checkpoint hash).
+    predictions: one HeadPrediction per head applied to this slide (``care predict``), empty by default.
     """
 
     slide_embedding: np.ndarray
@@ -52,6 +92,7 @@ class SlideEncoding:
     mpp: float | None = None
     patch_px: int | None = None
     meta: dict = field(default_factory=dict)
+    predictions: list[HeadPrediction] = field(default_factory=list)
 
     @property
     def n_regions(self) -> int | None:
@@ -113,14 +154,28 @@ class SlideEncoding:
         scalars = {k: getattr(self, k) for k in ("roi", "rsl", "rsl_loss", "patch_size_level0", "mpp", "patch_px")}
         arrays["scalars_json"] = np.array(json.dumps(scalars))
         arrays["meta_json"] = np.array(json.dumps(self.meta, default=str))
+        heads = []
+        for i, pred in enumerate(self.predictions):  # arrays as pred<i>_slide / pred<i>_region, names in JSON
+            arrays[f"pred{i}_slide"] = pred.slide_proba
+            if pred.region_proba is not None:
+                arrays[f"pred{i}_region"] = pred.region_proba
+            heads.append({"head": pred.head, "classes": list(pred.classes)})
+        arrays["predictions_json"] = np.array(json.dumps(heads))
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
         return path
 
     @classmethod
     def load_npz(cls, path: str | Path) -> SlideEncoding:
+        """Read a ``save_npz`` file (files written before predictions existed load with none)."""
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in _ARRAYS if k in z.files}
             scalars = json.loads(str(z["scalars_json"]))
             meta = json.loads(str(z["meta_json"]))
-        return cls(**arrays, **scalars, meta=meta)
+            heads = json.loads(str(z["predictions_json"])) if "predictions_json" in z.files else []
+            predictions = [
+                HeadPrediction(h["head"], tuple(h["classes"]), z[f"pred{i}_slide"],
+                               z[f"pred{i}_region"] if f"pred{i}_region" in z.files else None)
+                for i, h in enumerate(heads)
+            ]
+        return cls(**arrays, **scalars, meta=meta, predictions=predictions)
