@@ -16,6 +16,7 @@ __all__ = [
     "InvalidInputError",
     "TrainingConfigError",
     "TrainingError",
+    "AnnotationFileError",
 ]
 
 
@@ -68,3 +69,7 @@ class TrainingConfigError(CareError, ValueError):
 
 class TrainingError(CareError, RuntimeError):
     """A run stopped on purpose mid-way (NaN/Inf loss); the last good checkpoint is kept."""
+
+
+class AnnotationFileError(CareError, ValueError):
+    """An annotation file (QuPath GeoJSON, ASAP XML) cannot be read or holds no usable polygon."""

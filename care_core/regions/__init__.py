@@ -1,16 +1,35 @@
-"""Region geometry and exporters: label rasters, level-0 polygons, ROI, region tables, QuPath GeoJSON, CSV."""
+"""Region geometry, exporters (QuPath GeoJSON, ASAP XML, OME-TIFF label mask, CSV) and annotation importers."""
 
-from care_core.regions.export import region_color, to_geojson, write_geojson, write_region_csv
+from care_core.regions.annotations import Annotation, read_annotations
+from care_core.regions.asap import read_asap_xml, write_asap_xml
+from care_core.regions.export import (
+    annotations_to_geojson,
+    prediction_columns,
+    region_annotations,
+    region_color,
+    to_geojson,
+    write_asap,
+    write_geojson,
+    write_region_csv,
+)
 from care_core.regions.geometry import REGION_COLUMNS, label_raster, region_polygons, region_table, roi_geometry
 
 __all__ = [
+    "Annotation",
+    "read_annotations",
+    "read_asap_xml",
+    "write_asap_xml",
     "REGION_COLUMNS",
     "label_raster",
     "region_polygons",
     "region_table",
     "roi_geometry",
     "region_color",
+    "prediction_columns",
+    "region_annotations",
+    "annotations_to_geojson",
     "to_geojson",
+    "write_asap",
     "write_geojson",
     "write_region_csv",
 ]

@@ -11,12 +11,17 @@ import uuid
 from pathlib import Path
 
 from care_core._atomic import atomic_path
+from care_core.regions.annotations import Annotation
 from care_core.regions.geometry import REGION_COLUMNS, region_polygons, region_table
 
-__all__ = ["region_color", "to_geojson", "write_geojson", "write_region_csv", "atomic_write_text"]
+__all__ = [
+    "region_color", "prediction_columns", "region_annotations", "annotations_to_geojson", "to_geojson", "write_geojson",
+    "write_asap", "write_region_csv", "atomic_write_text",
+]
 
 ROI_CLASS, REGION_CLASS = "CARE ROI", "CARE region"
-ROI_COLOR = (230, 25, 75)
+ROI_COLOR = (255, 215, 0)  # gold: the region palette leaves out the hues around it
+_ROI_HUE_GAP = (0.07, 0.23)  # hues (0-1) no region colour takes, so no region looks like the ROI
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -28,10 +33,76 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def region_color(region_id: int) -> tuple[int, int, int]:
-    """A distinct, stable RGB colour per region id (golden-ratio hue steps)."""
+    """A distinct, stable RGB colour per region id (golden-ratio hue steps, skipping the ROI's gold hues)."""
+    lo, hi = _ROI_HUE_GAP
     h = (region_id * 0.618033988749895) % 1.0
+    h = (hi + h * (1.0 - (hi - lo))) % 1.0
     r, g, b = colorsys.hsv_to_rgb(h, 0.65, 0.95)
     return int(r * 255), int(g * 255), int(b * 255)
+
+
+def prediction_columns(encoding) -> dict[str, list]:
+    """Per-region head predictions as table columns: ``<head> class`` and ``<head> p(<class>)`` per class
+    (a Cox head: ``<head> risk``). Heads without region predictions add nothing; no heads, no columns."""
+    cols: dict[str, list] = {}
+    for pred in getattr(encoding, "predictions", None) or []:
+        if pred.region_proba is None:
+            continue
+        if pred.classes == ("risk",):
+            cols[f"{pred.head} risk"] = [float(v) for v in pred.region_proba[:, 0]]
+            continue
+        cols[f"{pred.head} class"] = [pred.classes[i] for i in pred.region_class]
+        for j, cls in enumerate(pred.classes):
+            cols[f"{pred.head} p({cls})"] = [float(v) for v in pred.region_proba[:, j]]
+    return cols
+
+
+def region_annotations(encoding, *, patch_side_um: float | None = None) -> list[Annotation]:
+    """One ``Annotation`` per region (level-0 px polygon, "CARE ROI" / "CARE region" class and colour);
+    properties: ``measurements`` (n_patches, pi, alpha, beta, area_um2 when known, and each head's class
+    probabilities), ``predictions`` ({head: predicted class}), ``care_region_id`` and ``is_roi``."""
+    rows = region_table(encoding, patch_side_um=patch_side_um)
+    polys = region_polygons(encoding.patch_region, encoding.coords, encoding.patch_size_level0)
+    preds = prediction_columns(encoding)
+    out = []
+    for row, poly in zip(rows, polys):
+        rid = row["id"]
+        measurements = {k: row[k] for k in ("n_patches", "pi", "alpha", "beta")}
+        if row["area_um2"] is not None and math.isfinite(row["area_um2"]):
+            measurements["area_um2"] = row["area_um2"]
+        measurements.update({k: v[rid] for k, v in preds.items() if not k.endswith(" class")})
+        classes = {k[: -len(" class")]: v[rid] for k, v in preds.items() if k.endswith(" class")}
+        props = {"measurements": measurements, "care_region_id": rid, "is_roi": bool(row["is_roi"])}
+        if classes:
+            props["predictions"] = classes
+        out.append(Annotation(
+            poly,
+            classification=ROI_CLASS if row["is_roi"] else REGION_CLASS,
+            name=f"{'ROI ' if row['is_roi'] else ''}region {rid}",
+            color=ROI_COLOR if row["is_roi"] else region_color(rid),
+            properties=props,
+        ))
+    return out
+
+
+def annotations_to_geojson(annotations, *, ids: list[str] | None = None) -> dict:
+    """A QuPath-importable GeoJSON FeatureCollection (level-0 px) of ``Annotation`` objects."""
+    import shapely
+
+    features = []
+    for i, ann in enumerate(annotations):
+        props = {"objectType": "annotation"}
+        if ann.name is not None:
+            props["name"] = ann.name
+        if ann.classification is not None:
+            props["classification"] = {"name": ann.classification, "color": list(ann.color or (200, 200, 200))}
+        props["isLocked"] = False
+        props.update(ann.properties)
+        feature = {"type": "Feature", "id": ids[i]} if ids is not None else {"type": "Feature"}
+        feature["geometry"] = json.loads(shapely.to_geojson(ann.geometry))
+        feature["properties"] = props
+        features.append(feature)
+    return {"type": "FeatureCollection", "features": features}
 
 
 def to_geojson(encoding, *, patch_side_um: float | None = None, name: str = "") -> dict:
@@ -39,38 +110,12 @@ def to_geojson(encoding, *, patch_side_um: float | None = None, name: str = "") 
 
     Each feature: geometry Polygon / MultiPolygon (holes kept); properties ``objectType: "annotation"``,
     ``classification {name, color}`` ("CARE ROI" or "CARE region"), ``name``, ``isLocked``,
-    ``measurements`` (n_patches, pi, alpha, beta, area_um2 when known), plus ``care_region_id`` and ``is_roi``.
+    ``measurements`` (n_patches, pi, alpha, beta, area_um2 when known, ``<head> p(<class>)`` per head),
+    ``predictions`` ({head: class}, when heads ran), ``care_region_id`` and ``is_roi``.
     """
-    import shapely
-
-    rows = region_table(encoding, patch_side_um=patch_side_um)
-    polys = region_polygons(encoding.patch_region, encoding.coords, encoding.patch_size_level0)
-    features = []
-    for row, poly in zip(rows, polys):
-        rid = row["id"]
-        measurements = {k: row[k] for k in ("n_patches", "pi", "alpha", "beta")}
-        if row["area_um2"] is not None and math.isfinite(row["area_um2"]):
-            measurements["area_um2"] = row["area_um2"]
-        features.append(
-            {
-                "type": "Feature",
-                "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"care/{name}/region/{rid}")),
-                "geometry": json.loads(shapely.to_geojson(poly)),
-                "properties": {
-                    "objectType": "annotation",
-                    "name": f"{'ROI ' if row['is_roi'] else ''}region {rid}",
-                    "classification": {
-                        "name": ROI_CLASS if row["is_roi"] else REGION_CLASS,
-                        "color": list(ROI_COLOR if row["is_roi"] else region_color(rid)),
-                    },
-                    "isLocked": False,
-                    "measurements": measurements,
-                    "care_region_id": rid,
-                    "is_roi": bool(row["is_roi"]),
-                },
-            }
-        )
-    return {"type": "FeatureCollection", "features": features}
+    annotations = region_annotations(encoding, patch_side_um=patch_side_um)
+    ids = [str(uuid.uuid5(uuid.NAMESPACE_URL, f"care/{name}/region/{a.properties['care_region_id']}")) for a in annotations]
+    return annotations_to_geojson(annotations, ids=ids)
 
 
 def write_geojson(encoding, path: str | Path, *, patch_side_um: float | None = None, name: str = "") -> Path:
@@ -79,10 +124,20 @@ def write_geojson(encoding, path: str | Path, *, patch_side_um: float | None = N
 
 
 def write_region_csv(encoding, path: str | Path, *, patch_side_um: float | None = None) -> Path:
-    """Write the per-region table (``REGION_COLUMNS``; empty area_um2 when unknown) to ``path`` atomically."""
+    """Write the per-region table (``REGION_COLUMNS`` then ``prediction_columns``; empty area_um2 when unknown)
+    to ``path`` atomically."""
+    preds = prediction_columns(encoding)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(REGION_COLUMNS), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=[*REGION_COLUMNS, *preds], lineterminator="\n")
     writer.writeheader()
     for row in region_table(encoding, patch_side_um=patch_side_um):
+        row.update({k: v[row["id"]] for k, v in preds.items()})
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
     return atomic_write_text(path, buf.getvalue())
+
+
+def write_asap(encoding, path: str | Path, *, patch_side_um: float | None = None) -> Path:
+    """Write the regions as ASAP XML atomically (group "CARE ROI" / "CARE region"; holes as "Exclusion")."""
+    from care_core.regions.asap import write_asap_xml
+
+    return write_asap_xml(region_annotations(encoding, patch_side_um=patch_side_um), path)
