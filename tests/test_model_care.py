@@ -324,3 +324,70 @@ def test_cuda_bfloat16_matches_cpu():
     b = m.to("cuda").encode(pf)  # bfloat16 autocast by default on CUDA
     np.testing.assert_allclose(b.slide_embedding, a.slide_embedding, atol=0.05 * np.abs(a.slide_embedding).max())
     assert (a.patch_region == b.patch_region).mean() > 0.95
+
+
+# ------------------------------------------------------------------------------------------ training safety
+
+
+def test_mask_token_starts_non_zero_and_zero_tokens_have_bounded_cosine_gradients():
+    m = CARE.from_seed(0, **SMALL)
+    assert 0.01 < m.mask_token.norm().item() < 1.0  # trunc-normal(0.02) over 32 dims, like the other tokens
+    f = torch.zeros(4, 32, requires_grad=True)  # a masked f^Q with an all-zero mask token
+    g = torch.randn(4, 3, 32)
+    valid = torch.ones(4, 3, dtype=torch.bool)
+    rho = arg_scores(f, f, g, g, valid)
+    assert torch.allclose(rho, torch.full_like(rho, 1 / 3))  # cos = 0 for every candidate -> uniform
+    (rho * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert torch.isfinite(f.grad).all() and f.grad.norm().item() < 1e4  # F.normalize alone gives ~1e12
+
+
+def test_fully_masked_view_gives_moderate_mask_token_gradient():
+    m = CARE.from_seed(0, **SMALL)
+    x, grid = small_inputs(20, seed=3)
+    out = m([x], [grid], token_mask=[torch.ones(len(x), dtype=torch.bool)])
+    (out.slide_embedding.pow(2).sum() + out.patch_tokens.pow(2).mean()).backward()
+    assert torch.isfinite(m.mask_token.grad).all() and m.mask_token.grad.norm().item() < 10.0
+
+
+def test_straight_through_scale_is_exactly_one_even_where_w_is_zero():
+    from care_core.model.care import _straight_through_one
+
+    w = torch.tensor([[0.0], [0.25], [1e-30], [0.7]], requires_grad=True)
+    s = _straight_through_one(w)
+    assert s.detach().eq(1.0).all()
+    s.sum().backward()
+    np.testing.assert_allclose(w.grad.numpy().ravel(), [1.0, 4.0, 1e30, 1 / 0.7], rtol=1e-6)
+
+
+def test_one_square_slide_same_with_and_without_gradients():
+    """One 8x8 square: its corner patches have mu = 0, so w = 0 for their only candidate."""
+    m = CARE.from_seed(0, **SMALL)
+    rows, cols = np.mgrid[0:8, 0:8]
+    grid = np.stack([cols.ravel(), rows.ravel()], 1)
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32))
+    with torch.no_grad():
+        ref = m([x], [grid])
+    assert (ref.candidate_scores[:, 0] == 0).sum() == 4  # the four corners
+    out = m([x], [grid])
+    np.testing.assert_array_equal(out.patch_tokens.detach().numpy(), ref.patch_tokens.numpy())
+    np.testing.assert_array_equal(out.slide_embedding.detach().numpy(), ref.slide_embedding.numpy())
+
+
+def test_size_sorted_chunks_hand_case():
+    from care_core.model.care import _size_sorted_chunks
+
+    sizes = torch.tensor([3, 9, 1, 9, 4])
+    chunks = _size_sorted_chunks(sizes, budget=20)  # width 9 (+1 CLS): 2 per chunk; then width 4: 4 per chunk
+    assert [c.tolist() for c in chunks] == [[1, 3], [4, 0, 2]]
+
+
+def test_packing_budget_does_not_change_results():
+    x, grid = small_inputs(30, seed=4)
+    outs = []
+    for budget in (70, 100_000):  # one group per chunk vs everything in one chunk
+        m = CARE.from_seed(0, chunk_tokens=budget, **SMALL).eval()
+        with torch.no_grad():
+            outs.append(m([x], [grid]))
+    np.testing.assert_allclose(outs[0].slide_embedding.numpy(), outs[1].slide_embedding.numpy(), atol=1e-5)
+    np.testing.assert_allclose(outs[0].patch_tokens.numpy(), outs[1].patch_tokens.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(outs[0].patch_region.numpy(), outs[1].patch_region.numpy())

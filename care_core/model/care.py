@@ -82,7 +82,7 @@ class CAREConfig:
     use_gcls: bool = True  # ablation: use g^CLS in the ARG similarities
     use_gq: bool = True  # ablation: use g^Q in the ARG similarities
     use_fr: bool = True  # ablation: False uses f^Q in place of f^R in the ARG similarities
-    chunk_tokens: int = 2048  # padded tokens per transformer chunk (bounds inference memory)
+    chunk_tokens: int = 2048  # slots per transformer chunk (bounds inference memory; larger is faster on a GPU)
 
     def __post_init__(self) -> None:
         if self.anchor not in _ANCHORS:
@@ -302,12 +302,21 @@ def arg_scores(
         for g in (g_q, g_cls):
             if g is None:
                 continue
-            g_hat = F.normalize(g.float(), dim=-1)
+            g_hat = _safe_normalize(g.float())
             for f in (f_q, f_r):
-                sims.append(torch.einsum("ne,nce->nc", F.normalize(f.float(), dim=-1), g_hat))
+                sims.append(torch.einsum("ne,nce->nc", _safe_normalize(f.float()), g_hat))
         neg = torch.finfo(torch.float32).min
         soft = [torch.softmax(s.masked_fill(~valid, neg), dim=1) for s in sims]
         return torch.stack(soft, 0).mean(0) * valid
+
+
+def _safe_normalize(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """x / sqrt(||x||^2 + eps^2): the unit vector for tokens of norm >> eps (f^Q norms are ~0.1-10), and
+    a bounded gradient (<= 1/eps) at 0.
+
+    ``F.normalize`` clamps the norm at 1e-12, so a zero token (e.g. an all-zero mask token) gets a
+    gradient of ~1e12 through every cosine it enters."""
+    return x * torch.rsqrt(x.square().sum(-1, keepdim=True) + eps * eps)
 
 
 def rsl_expected_rank(w: torch.Tensor, rank: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -414,6 +423,27 @@ def _segment_softmax(scores: torch.Tensor, segment: torch.Tensor, n_segments: in
     return e / torch.zeros(n_segments, device=s.device).index_add(0, segment, e)[segment]
 
 
+def _straight_through_one(w: torch.Tensor) -> torch.Tensor:
+    """w / stopgrad(w): exactly 1 in value (x / x == 1 in IEEE floats), gradient 1/w. Where w == 0 the
+    ratio is undefined, so 1 + w - stopgrad(w) is used there: still exactly 1, gradient 1."""
+    w_d = w.detach()
+    return torch.where(w_d > 0, w / torch.where(w_d > 0, w_d, 1.0), 1.0 + (w - w_d))
+
+
+def _size_sorted_chunks(sizes: torch.Tensor, budget: int) -> list[torch.Tensor]:
+    """Group ids in chunks for padded transformer passes: groups sorted by size (largest first), each
+    chunk as many groups as fit ``budget`` slots at the chunk's widest group (+1 for [CLS]). Sorting
+    keeps the padding per chunk small (groups of similar size share a chunk)."""
+    order = torch.argsort(sizes, descending=True, stable=True)
+    sorted_sizes = sizes[order].tolist()
+    chunks, a = [], 0
+    while a < len(sorted_sizes):
+        n = max(1, budget // (sorted_sizes[a] + 1))
+        chunks.append(order[a : a + n])
+        a += n
+    return chunks
+
+
 def _padded_groups(starts: torch.Tensor, sizes: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Index [G, width] into a grouped token array and its mask, for groups [start, start + size)."""
     slot = torch.arange(width, device=starts.device)
@@ -474,13 +504,13 @@ class CARE(nn.Module):
         cfg = self.config
         e = cfg.embed_dim
         self.proj_in = nn.Linear(cfg.input_dim, e)  # Eq. 2: f^Q = W F
-        self.mask_token = nn.Parameter(torch.zeros(e))  # replaces masked patch tokens (iBOT student)
+        self.mask_token = nn.Parameter(torch.empty(e))  # replaces masked patch tokens (iBOT student)
         self.subregion_encoder = ClsEncoder(e, cfg.subregion_depth, cfg.heads, cfg.mlp_ratio, cfg.dropout)
         self.query_pool = QueryPool(e, cfg.heads)
         self.arsa = ClsEncoder(e, cfg.arsa_depth, cfg.heads, cfg.mlp_ratio, cfg.dropout)
         self.spf = GatedAttention(e, cfg.spf_dim)
         self.apply(self._init_weights)
-        for p in (self.subregion_encoder.cls_token, self.arsa.cls_token, self.query_pool.query):
+        for p in (self.mask_token, self.subregion_encoder.cls_token, self.arsa.cls_token, self.query_pool.query):
             nn.init.trunc_normal_(p, std=0.02)
 
     @staticmethod
@@ -559,23 +589,47 @@ class CARE(nn.Module):
         prep["token_mask"] = torch.cat(masks).to(dev)[perm] if masks else None
         return prep
 
+    # ---------------------------------------------------------------- grouped transformer passes
+    def _grouped_pass(self, encoder: ClsEncoder, tokens: torch.Tensor, sizes: torch.Tensor, *,
+                      want_tokens: bool = True, pool: QueryPool | None = None):
+        """Run ``encoder`` over token groups (``sizes`` [G] consecutive runs of ``tokens`` [T, E]).
+
+        Groups are packed by size (``_size_sorted_chunks``): a chunk pads only to its widest group.
+        Returns the [CLS] outputs [G, E], the token outputs [T, E] (same order as ``tokens``, or None) and
+        the query-pooled outputs [G, E] of ``pool`` (or None), all in the callers' group order.
+        """
+        starts = torch.cumsum(sizes, 0) - sizes
+        chunks = _size_sorted_chunks(sizes, self.config.chunk_tokens)
+        cls_parts, tok_parts, pool_parts, tok_index = [], [], [], []
+        for ids in chunks:
+            s = sizes[ids]
+            idx, mask = _padded_groups(starts[ids], s, int(s[0]))  # the first group of a chunk is its widest
+            cls_out, tok = encoder(tokens[idx], mask)
+            cls_parts.append(cls_out)
+            if want_tokens:
+                tok_parts.append(tok[mask])
+                tok_index.append(idx[mask])
+            if pool is not None:
+                pool_parts.append(pool(tok, mask))
+        inv = torch.empty_like(sizes)
+        inv[torch.cat(chunks)] = torch.arange(len(sizes), device=sizes.device)
+        cls_out = torch.cat(cls_parts)[inv]
+        pooled = torch.cat(pool_parts)[inv] if pool is not None else None
+        tok_out = None
+        if want_tokens:
+            where = torch.cat(tok_index)
+            back = torch.empty_like(where)
+            back[where] = torch.arange(len(where), device=where.device)
+            tok_out = torch.cat(tok_parts)[back]
+        return cls_out, tok_out, pooled
+
     # ---------------------------------------------------------------- Eq. 2: descriptors
     def _describe_subregions(self, f_q: torch.Tensor, square: torch.Tensor, n_squares: int):
-        """Sub-region transformer over padded k×k groups: f^R [N, E], g^CLS [M, E], g^Q [M, E] (chunked)."""
+        """Sub-region transformer over the square groups: f^R [N, E], g^CLS [M, E], g^Q [M, E] or None."""
         cfg = self.config
-        sizes = torch.bincount(square, minlength=n_squares)
-        width = max(cfg.k * cfg.k, int(sizes.max()))  # more than k*k only with duplicate grid positions
-        starts = torch.cumsum(sizes, 0) - sizes
-        per_chunk = max(1, cfg.chunk_tokens // (width + 1))
-        f_r, g_cls, g_q = [], [], []
-        for a in range(0, n_squares, per_chunk):
-            idx, mask = _padded_groups(starts[a : a + per_chunk], sizes[a : a + per_chunk], width)
-            cls_out, tok = self.subregion_encoder(f_q[idx], mask)
-            f_r.append(tok[mask])  # patches are grouped by square, so this is canonical order
-            g_cls.append(cls_out)
-            if cfg.use_gq and not cfg.fixed_regions:
-                g_q.append(self.query_pool(tok, mask))
-        return torch.cat(f_r), torch.cat(g_cls), (torch.cat(g_q) if g_q else None)
+        pool = self.query_pool if cfg.use_gq and not cfg.fixed_regions else None
+        g_cls, f_r, g_q = self._grouped_pass(self.subregion_encoder, f_q, torch.bincount(square, minlength=n_squares), pool=pool)
+        return f_r, g_cls, g_q
 
     # ---------------------------------------------------------------- Eq. 4: ARG
     def _candidate_similarity(self, f_q, f_r, g_q, g_cls, cand, valid, chunk: int = 8192) -> torch.Tensor:
@@ -599,17 +653,8 @@ class CARE(nn.Module):
     def _encode_regions(self, grouped: torch.Tensor, sizes: torch.Tensor, want_tokens: bool):
         """ARSA over region-grouped tokens (``sizes`` [R] consecutive runs): g^AR [R, E] and, optionally,
         the per-patch outputs in the same grouped order."""
-        starts = torch.cumsum(sizes, 0) - sizes
-        per_chunk = max(1, self.config.chunk_tokens // (int(sizes.max()) + 1))
-        g_ar, outs = [], []
-        for a in range(0, len(sizes), per_chunk):
-            s = sizes[a : a + per_chunk]
-            idx, mask = _padded_groups(starts[a : a + per_chunk], s, int(s.max()))
-            cls_out, tok = self.arsa(grouped[idx], mask)
-            g_ar.append(cls_out)
-            if want_tokens:
-                outs.append(tok[mask])
-        return torch.cat(g_ar), (torch.cat(outs) if want_tokens else None)
+        g_ar, tok, _ = self._grouped_pass(self.arsa, grouped, sizes, want_tokens=want_tokens)
+        return g_ar, tok
 
     def forward_features(
         self,
@@ -648,8 +693,7 @@ class CARE(nn.Module):
             assigned = cand.gather(1, pick[:, None]).squeeze(1)
             tokens = f_r
             if cfg.straight_through and torch.is_grad_enabled():  # our choice: value 1, gradient of w
-                w_a = scores.gather(1, pick[:, None])
-                tokens = f_r * (w_a / w_a.detach().clamp_min(1e-12)).to(f_r.dtype)
+                tokens = f_r * _straight_through_one(scores.gather(1, pick[:, None])).to(f_r.dtype)
             per_patch = rsl_expected_rank(scores, p["rank"], valid)  # Eq. 5
             counts = torch.bincount(p["patch_slide"], minlength=n_slides).float()
             rsl = torch.zeros(n_slides, device=self.device).index_add(0, p["patch_slide"], per_patch) / counts
