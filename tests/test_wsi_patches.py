@@ -53,8 +53,8 @@ def test_min_tissue_zero_keeps_every_whole_patch(slide):
 
 def test_tissue_fractions_round_to_mask_pixels():
     tissue = TissueMask(mask=np.eye(4, dtype=bool), downsample=10.0, polygons_level0=[], area_mm2=None)
-    coords = np.array([[0, 0], [20, 0], [10, 10], [30, 30]])  # the last box is cut by the mask edge to 1 px
-    np.testing.assert_allclose(tissue_fractions(tissue, coords, 20), [0.5, 0.0, 0.5, 1.0])
+    coords = np.array([[0, 0], [20, 0], [10, 10], [30, 30]])  # the last box overhangs the mask: 1 of its 4 px inside
+    np.testing.assert_allclose(tissue_fractions(tissue, coords, 20), [0.5, 0.0, 0.5, 0.25])
 
 
 @pytest.mark.parametrize(("target", "level"), [(0.25, 0), (0.3, 0), (0.5, 1), (0.9, 1), (1.0, 2), (2.0, 3), (10.0, 3)])
@@ -69,8 +69,24 @@ def test_patch_size_rounds(tmp_path):
         tissue = TissueMask(mask=np.ones((10, 12), bool), downsample=100.0, polygons_level0=[], area_mm2=None)
         grid = patch_grid(s, tissue)
     assert grid.patch_size_level0 == 513  # round(512 * 0.5 / 0.499)
-    np.testing.assert_array_equal(grid.coords, [[0, 0], [513, 0]])
+    # 1200 x 1000 px is 2.3 x 1.9 patches: the last column and row overhang the edge and are kept
+    np.testing.assert_array_equal(grid.coords, [[0, 0], [513, 0], [1026, 0], [0, 513], [513, 513], [1026, 513]])
+    np.testing.assert_allclose(grid.tissue_fraction, [1, 1, 0.4, 1, 1, 0.4])  # 2 of 5 mask columns lie on the slide
     assert grid.level == 0  # level 1 (0.998 µm/px) is coarser than 0.5 µm/px
+
+
+def test_tissue_in_a_strip_narrower_than_a_patch_is_patched(tmp_path):
+    path = write_svs(tmp_path / "e.svs", pattern_image(1200, 1000), n_levels=2, mpp=0.5, associated=False)
+    mask = np.zeros((10, 12), bool)
+    mask[:, 10:] = True  # tissue only in the last 200 px, less than one 512 px patch
+    with open_slide(path) as s:
+        grid = patch_grid(s, TissueMask(mask=mask, downsample=100.0, polygons_level0=[], area_mm2=None),
+                          target_mpp=0.5, patch_px=512)
+        np.testing.assert_array_equal(grid.coords, [[1024, 0], [1024, 512]])
+        np.testing.assert_allclose(grid.tissue_fraction, [10 / 25, 10 / 25])  # round(15.36) - 10 = 5 mask columns
+        patch = s.read_region(tuple(grid.coords[1]), 0, (512, 512))
+    assert (patch[:, 176:] == 255).all() and (patch[488:] == 255).all()  # beyond the edge: background
+    assert (patch[:488, :176] != 255).any()
 
 
 def test_default_tissue_detection(tmp_path):

@@ -33,21 +33,24 @@ def read_level_for_mpp(slide: Slide, target_mpp: float) -> int:
 
 
 def tissue_fractions(tissue: TissueMask, coords_level0: np.ndarray, size_level0: int) -> np.ndarray:
-    """Fraction of mask pixels set inside each square patch (mask boxes rounded to whole mask px)."""
+    """Fraction of each square patch that is tissue (mask boxes rounded to whole mask px, at least 1 px).
+
+    The part of a patch beyond the mask (a patch over the slide's edge) counts as background.
+    """
     mask = tissue.mask
     table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int64)
     table[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
     ds = tissue.downsample
 
-    def box(start: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
-        lo = np.clip(np.round(start / ds).astype(np.int64), 0, limit)
-        hi = np.clip(np.round((start + size_level0) / ds).astype(np.int64), 0, limit)
-        return lo, np.maximum(hi, np.minimum(lo + 1, limit))
+    def box(start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lo = np.round(start / ds).astype(np.int64)
+        return lo, np.maximum(np.round((start + size_level0) / ds).astype(np.int64), lo + 1)
 
-    x0, x1 = box(coords_level0[:, 0], mask.shape[1])
-    y0, y1 = box(coords_level0[:, 1], mask.shape[0])
+    (x0, x1), (y0, y1) = box(coords_level0[:, 0]), box(coords_level0[:, 1])
+    area = (x1 - x0) * (y1 - y0)
+    x0, x1 = np.clip(x0, 0, mask.shape[1]), np.clip(x1, 0, mask.shape[1])
+    y0, y1 = np.clip(y0, 0, mask.shape[0]), np.clip(y1, 0, mask.shape[0])
     inside = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
-    area = np.maximum((x1 - x0) * (y1 - y0), 1)
     return inside / area
 
 
@@ -59,8 +62,10 @@ def patch_grid(
     patch_px: int = 512,
     min_tissue: float = 0.25,
 ) -> PatchGrid:
-    """Whole patches of ``patch_px`` px at ``target_mpp`` µm/px tiling the slide from (0, 0), kept when
-    their tissue fraction is >= ``min_tissue``. ``tissue`` defaults to ``detect_tissue(slide)``.
+    """Patches of ``patch_px`` px at ``target_mpp`` µm/px tiling the whole slide from (0, 0), kept when their
+    tissue fraction is >= ``min_tissue``. The last row and column overhang the slide's edge when its size is
+    not a whole number of patches (``read_region`` pads them with background), so tissue at the edge is
+    patched too. ``tissue`` defaults to ``detect_tissue(slide)``.
 
     Raises MissingMppError when the slide's pixel size is unknown, NoTissueError when no patch is kept.
     """
@@ -79,7 +84,7 @@ def patch_grid(
             f"the {w0}x{h0} px slide; use a smaller patch_px or a finer target_mpp"
         )
     tissue = detect_tissue(slide) if tissue is None else tissue
-    ys, xs = np.mgrid[0 : h0 - size + 1 : size, 0 : w0 - size + 1 : size]
+    ys, xs = np.mgrid[0:h0:size, 0:w0:size]  # the last row / column may overhang the edge: read as background
     coords = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.int64)
     fraction = tissue_fractions(tissue, coords, size)
     keep = fraction >= min_tissue
