@@ -1,14 +1,30 @@
-"""One atomic-write helper for every output file: write a hidden temp sibling, then rename it into place."""
+"""Atomic writes for every output: write hidden temp siblings, then rename them into place.
+
+Also: checking an output folder before the work (`check_output_dir`), refusing a write the disk cannot
+hold (`check_free_space`), one clear `OutputError` line for a full disk, and removing the temp files of
+runs that were killed (`remove_stale_temps`).
+"""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
+import re
 import secrets
-from collections.abc import Iterator
+import shutil
+import socket
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path"]
+from care_core.errors import OutputError
+
+__all__ = ["atomic_path", "atomic_paths", "check_output_dir", "check_free_space", "remove_stale_temps"]
+
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]  # temp names say which machine wrote them
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<host>[0-9a-f]{8})[0-9a-f]{8}\.tmp$")
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _umask() -> int:
@@ -25,21 +41,155 @@ def _umask() -> int:
     return mask
 
 
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path beside `path` to write; on success it gets mode 0o666 & ~umask and replaces `path`.
+def temp_sibling(path: Path) -> Path:
+    """`.<name>.<pid>.<host tag><random>.tmp` beside `path`: hidden, never looks finished, and says which
+    process on which machine owns it (so `remove_stale_temps` can prove it dead)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{_HOST}{secrets.token_hex(4)}.tmp")
 
-    The parent folder is created. The temp name, `.<name>.<pid>.<random>.tmp`, is hidden and never looks
-    like a finished output. If the body raises, the temp file is removed, the error re-raised, and any
-    previous `path` is left untouched. The body must create the temp file (write to it by name).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit} ({n} bytes)"
+    return f"{n} bytes"
+
+
+def _is_disk_full(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if isinstance(exc, OSError) and (exc.errno in _FULL or "No space left on device" in str(exc)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _disk_full_error(folder: Path, target: Path, needed: int | None) -> OutputError:
+    free = shutil.disk_usage(folder).free
+    need = f"needs about {_bytes(needed)}" if needed else "needs more"
+    return OutputError(
+        f"disk full: {_mount_point(folder)} has {_bytes(free)} free but writing {target} {need}; "
+        "free space there or choose another output folder (nothing was left half-written)"
+    )
+
+
+def check_free_space(folder: str | os.PathLike, needed_bytes: int, target: str | os.PathLike) -> None:
+    """Raise `OutputError` (naming the disk and the bytes) when `folder`'s disk has less than `needed_bytes`
+    free for writing `target`: a write that cannot fit fails before the work, not after it."""
+    folder = Path(folder)
+    if shutil.disk_usage(folder).free < needed_bytes:
+        raise _disk_full_error(folder, Path(target), needed_bytes)
+
+
+def _make_dir(folder: Path) -> Path:
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        where = "is a file" if blocker == folder else f"sits under {blocker}, which is a file"
+        raise OutputError(f"output folder {folder} {where}, not a folder; choose another output folder")
     try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder {folder} ({exc.strerror or exc}); choose another output "
+                          "folder") from None
+    return folder
+
+
+def check_output_dir(folder: str | os.PathLike) -> Path:
+    """Create `folder` (with parents) and prove a file can be written there; returns it as a Path.
+
+    Raises `OutputError` with one line when `folder` is a file, sits under a file, is read-only or
+    not writable, or its disk is full, so that a run fails before it computes anything.
+    """
+    folder = _make_dir(Path(folder))
+    try:
+        probe = temp_sibling(folder / "write-test")
+        with open(probe, "wb") as fh:
+            fh.write(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        if _is_disk_full(exc):
+            raise _disk_full_error(folder, folder, None) from None
+        raise OutputError(
+            f"cannot write in output folder {folder} ({exc.strerror or exc}); choose another output folder "
+            "or make it writable"
+        ) from None
+    return folder
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # the folder itself went away or became unwritable; nothing of ours is left to remove
+        pass
+
+
+@contextmanager
+def atomic_paths(paths: Sequence[str | os.PathLike], *, size_hint: int | None = None) -> Iterator[list[Path]]:
+    """Yield temp paths beside `paths` to write; on success each gets mode 0o666 & ~umask and replaces its
+    path, the whole set renamed only after every file was written.
+
+    The parent folders are created. If the body raises, every temp file is removed, the error re-raised
+    (a full disk as one `OutputError` line naming the disk and `size_hint`, the bytes the set needs) and
+    every previous path is left untouched. The body must create each temp file (write to it by name).
+    """
+    paths = [Path(p) for p in paths]
+    for parent in dict.fromkeys(p.parent for p in paths):
+        _make_dir(parent)
+    tmps = [temp_sibling(p) for p in paths]
+    try:
+        yield tmps
+        mode = 0o666 & ~_umask()
+        for tmp in tmps:
+            os.chmod(tmp, mode)
+        for tmp, path in zip(tmps, paths):
+            os.replace(tmp, path)
+    except BaseException as exc:
+        full = isinstance(exc, Exception) and not isinstance(exc, OutputError) and _is_disk_full(exc)
+        written = sum(t.stat().st_size for t in tmps if t.is_file()) if full else 0
+        for tmp in tmps:
+            _unlink_quietly(tmp)
+        if full:
+            raise _disk_full_error(paths[0].parent, paths[0], max(size_hint or 0, written) or None) from None
         raise
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, *, size_hint: int | None = None) -> Iterator[Path]:
+    """`atomic_paths` for one file: yield a temp path beside `path`; on success it replaces `path`.
+
+    The temp name, `.<name>.<pid>.<host><random>.tmp`, is hidden and never looks like a finished output.
+    If the body raises, the temp file is removed, the error re-raised and any previous `path` is left
+    untouched; a full disk becomes one `OutputError` line (size_hint: bytes the file needs, for it).
+    """
+    with atomic_paths([path], size_hint=size_hint) as (tmp,):
+        yield tmp
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove temp files in `folder` left by killed writers: only ours (`temp_sibling` names) written on this
+    machine by a process that no longer exists. Returns the removed paths (sorted)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.iterdir():
+        m = _TEMP.match(path.name)
+        if m and m["host"] == _HOST and not _pid_alive(int(m["pid"])) and path.is_file():
+            _unlink_quietly(path)
+            removed.append(path)
+    return sorted(removed)

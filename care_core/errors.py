@@ -12,6 +12,7 @@ __all__ = [
     "MissingWeightsError",
     "FeatureFileError",
     "CheckpointError",
+    "OutputError",
     "UnknownEncoderError",
     "InvalidInputError",
     "TrainingConfigError",
@@ -50,6 +51,10 @@ class FeatureFileError(CareError, ValueError):
 
 class CheckpointError(CareError, ValueError):
     """A CARE checkpoint cannot be loaded or does not fit the features."""
+
+
+class OutputError(CareError, OSError):
+    """An output cannot be written (its folder is a file, read-only or on a full disk); nothing half-written is left."""
 
 
 class UnknownEncoderError(CareError, KeyError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -25,3 +27,29 @@ def conch_sample_path() -> Path:
     if not CONCH_SAMPLE.is_file():
         pytest.skip(f"real CONCH sample not found at ../shared/data/{CONCH_SAMPLE.name}")
     return CONCH_SAMPLE
+
+
+def _tmpfs(folder: Path, options: str):
+    """Mount a tmpfs at `folder` and yield it, unmounting afterwards; skip (with the reason) where mounting is refused."""
+    folder.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no `mount` command to create a size-limited filesystem")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {(done.stderr or done.stdout).strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MiB filesystem (tmpfs), for full-disk faults; skipped where it cannot be mounted."""
+    yield from _tmpfs(tmp_path / "disk", "size=1m")
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    """A real read-only filesystem (tmpfs mounted ro; root ignores permission bits); skipped where it cannot be mounted."""
+    yield from _tmpfs(tmp_path / "ro", "size=1m,ro")

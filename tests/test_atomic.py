@@ -49,7 +49,7 @@ def test_temp_is_a_hidden_sibling_and_replaces_path(tmp_path, umask_022):
     target = tmp_path / "new" / "out.csv"
     with atomic_path(target) as tmp:
         assert tmp.parent == target.parent and target.parent.is_dir()
-        assert re.fullmatch(rf"\.out\.csv\.{os.getpid()}\.[0-9a-f]{{8}}\.tmp", tmp.name), tmp.name
+        assert re.fullmatch(rf"\.out\.csv\.{os.getpid()}\.[0-9a-f]{{16}}\.tmp", tmp.name), tmp.name
         assert not tmp.exists()
         tmp.write_text("a,b\n")
         assert not target.exists()

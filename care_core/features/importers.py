@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -44,28 +45,44 @@ def load_features(
 ) -> PatchFeatures:
     """Read a feature file into `PatchFeatures`.
 
-    `.h5`/`.hdf5`: ours, TRIDENT's or CLAM's (`features` [N, D] or [1, N, D], `coords` [N, 2]; the step is
-    the `patch_size_level0` attribute, else inferred from the coordinates). `.npy`: the CARE authors'
+    `.h5`/`.hdf5`: ours, TRIDENT's or CLAM's (`features` [N, D] or [1, N, D], `coords` [N, 2]). Metadata are
+    read from the root (ours) or where TRIDENT writes them: encoder and slide name on `features`, patch size,
+    magnifications and level-0 size on `coords`; with no stored µm/px it is 10 / target_magnification (a
+    warning says so). The grid step is the patch spacing when patches overlap, else `patch_size_level0`,
+    else inferred from the coordinates. `.npy`: the CARE authors'
     pickled dict (`feature` [N, D], `index` names "x_y_size.png"), read only when `allow_pickle=True`.
-    patch_size_level0 overrides the recorded or inferred grid step (level-0 px).
+    patch_size_level0 overrides the recorded or inferred grid step (level-0 px). Every file is checked:
+    NaN/Inf/absurd features or negative coords raise FeatureFileError naming it; off-grid patches warn.
     """
     path = Path(path)
     if not path.is_file():
         raise FeatureFileError(f"feature file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
     if suffix in (".h5", ".hdf5"):
-        return _load_h5(path, patch_size_level0)
-    if suffix == ".npy":
-        return _load_care_npy(path, allow_pickle, patch_size_level0)
-    raise FeatureFileError(
-        f"{str(path)!r}: unknown feature file type {suffix!r}; expected .h5 (napari-care, TRIDENT, CLAM) "
-        "or .npy (CARE authors' format)"
-    )
+        features = _load_h5(path, patch_size_level0)
+    elif suffix == ".npy":
+        features = _load_care_npy(path, allow_pickle, patch_size_level0)
+    else:
+        raise FeatureFileError(
+            f"{str(path)!r}: unknown feature file type {suffix!r}; expected .h5 (napari-care, TRIDENT, CLAM) "
+            "or .npy (CARE authors' format)"
+        )
+    features.check_values()
+    features.check_coords()
+    return features
 
 
 def _attr_str(attrs, key: str) -> str:
     value = attrs.get(key, "")
-    return value.decode() if isinstance(value, bytes) else str(value)
+    value = value.decode() if isinstance(value, bytes) else str(value)
+    return "" if value == "None" else value  # TRIDENT writes a missing value as the string 'None'
+
+
+def _spacing(coords: np.ndarray) -> int | None:
+    """The most common positive spacing of the sorted unique x and y coordinates (None when there is none)."""
+    diffs = np.concatenate([np.diff(np.unique(coords[:, 0])), np.diff(np.unique(coords[:, 1]))])
+    diffs = diffs[diffs > 0]
+    return int(Counter(diffs.tolist()).most_common(1)[0][0]) if len(diffs) else None
 
 
 def _load_h5(path: Path, step_override: int | None) -> PatchFeatures:
@@ -75,53 +92,89 @@ def _load_h5(path: Path, step_override: int | None) -> PatchFeatures:
         f = h5py.File(path, "r")
     except OSError as exc:
         raise FeatureFileError(
-            f"{str(path)!r} is not a readable HDF5 file (truncated or not HDF5: {exc}); re-extract its features"
+            f"{str(path)!r} is not a readable HDF5 file (truncated or not HDF5: {str(exc).splitlines()[0]}); "
+            "re-extract its features"
         ) from exc
     with f:
-        missing = [k for k in ("features", "coords") if k not in f]
+        missing = [k for k in ("features", "coords") if k not in f or not isinstance(f[k], h5py.Dataset)]
         if missing:
             raise FeatureFileError(
                 f"{str(path)!r} lacks dataset(s) {missing} (found {sorted(f.keys())}); expected a TRIDENT/CLAM "
-                "layout with 'features' [N, D] and 'coords' [N, 2]"
+                "layout with 'features' [N, D] and 'coords' [N, 2]: re-extract it"
             )
         try:
             features = f["features"][()]
-            coords_ds = f["coords"]
-            coords = coords_ds[()]
-            coord_attrs = dict(coords_ds.attrs)
+            coords = f["coords"][()]
+            feat_attrs = dict(f["features"].attrs)
+            coord_attrs = dict(f["coords"].attrs)
             root = dict(f.attrs)
-        except (OSError, KeyError, ValueError) as exc:
-            raise FeatureFileError(f"{str(path)!r}: cannot read its datasets ({exc}); the file is damaged") from exc
+        except (OSError, KeyError, ValueError, RuntimeError) as exc:
+            raise FeatureFileError(
+                f"{str(path)!r}: cannot read its datasets ({str(exc).splitlines()[0]}); the file is damaged: "
+                "re-extract it") from exc
     if features.ndim == 3 and features.shape[0] == 1:
         features = features[0]
-    if features.ndim != 2 or coords.ndim != 2 or coords.shape[1] != 2 or len(coords) != len(features):
+    if (features.ndim != 2 or coords.ndim != 2 or coords.shape[1] != 2 or len(coords) != len(features)
+            or not np.issubdtype(features.dtype, np.number) or not np.issubdtype(coords.dtype, np.number)):
         raise FeatureFileError(
-            f"{str(path)!r}: features {features.shape} and coords {coords.shape} disagree; "
-            "expected features [N, D] (or [1, N, D]) and coords [N, 2]"
+            f"{str(path)!r}: features {features.shape} {features.dtype} and coords {coords.shape} {coords.dtype} "
+            "disagree; expected numeric features [N, D] (or [1, N, D]) and coords [N, 2]"
         )
+    try:
+        return _from_h5_parts(path, features, coords, feat_attrs, coord_attrs, root, step_override)
+    except (TypeError, ValueError, IndexError, json.JSONDecodeError) as exc:
+        if isinstance(exc, FeatureFileError):
+            raise
+        raise FeatureFileError(f"{str(path)!r}: an attribute is ill-typed ({exc}); re-extract the file") from exc
+
+
+def _from_h5_parts(path, features, coords, feat_attrs, coord_attrs, root, step_override) -> PatchFeatures:
+    """Metadata where we write it (root attributes) or where TRIDENT does (on the datasets)."""
+    ours = _attr_str(root, "format") == FORMAT_NAME
+    if ours and not np.issubdtype(coords.dtype, np.integer):
+        raise FeatureFileError(f"{str(path)!r}: coords are {coords.dtype}, expected integers")
+    coords = np.rint(coords).astype(np.int64) if not np.issubdtype(coords.dtype, np.integer) else coords
+    extra = json.loads(_attr_str(root, "extra_json") or "{}") if ours else {"source_format": "trident/clam h5"}
+    side = coord_attrs.get("patch_size_level0")
     if step_override is not None:
         step = int(step_override)
-    elif "patch_size_level0" in coord_attrs:
-        step = int(coord_attrs["patch_size_level0"])
+    elif "grid_step_level0" in root:
+        step = int(root["grid_step_level0"])
+    elif side is not None:
+        step, spacing = int(side), _spacing(coords)
+        if spacing is not None and spacing < step:  # overlapping patches: the grid is their spacing
+            extra["patch_side_level0"] = step
+            step = spacing
     else:
         step = infer_step_level0(coords)
-    ours = _attr_str(root, "format") == FORMAT_NAME
     size = root.get("slide_size_level0")
+    if size is None and "level0_width" in coord_attrs and "level0_height" in coord_attrs:
+        size = (coord_attrs["level0_width"], coord_attrs["level0_height"])
     mpp = root.get("mpp")
+    target_mag = coord_attrs.get("target_magnification")
+    if mpp is None and target_mag is not None and _attr_str(coord_attrs, "target_magnification"):
+        mpp = 10.0 / float(target_mag)  # TRIDENT's convention: 20x = 0.5 µm/px
+        extra["mpp_source"] = "10 / target_magnification"
+        warnings.warn(f"{path}: no µm/px stored; taking 10 / target_magnification = {mpp:g} µm/px, as TRIDENT does",
+                      stacklevel=3)
     patch_px = root.get("patch_px", coord_attrs.get("patch_size"))
-    extra = json.loads(_attr_str(root, "extra_json") or "{}") if ours else {"source_format": "trident/clam h5"}
-    return PatchFeatures(
+    name = _attr_str(feat_attrs, "name") or _attr_str(coord_attrs, "name")
+    pf = PatchFeatures(
         features=features,
         coords=coords,
         patch_size_level0=step,
         mpp=float(mpp) if mpp is not None else None,
         patch_px=int(patch_px) if patch_px is not None else None,
-        encoder=_attr_str(root, "encoder"),
+        encoder=_attr_str(root, "encoder") or _attr_str(feat_attrs, "encoder"),
         weights_sha256=_attr_str(root, "weights_sha256"),
-        slide_path=_attr_str(root, "slide_path"),
+        slide_path=_attr_str(root, "slide_path") or name,
         slide_size_level0=(int(size[0]), int(size[1])) if size is not None else None,
         extra=extra,
+        source=str(path),
     )
+    if pf.mpp is not None and not (pf.mpp > 0 and np.isfinite(pf.mpp)):
+        raise FeatureFileError(f"{str(path)!r}: mpp={pf.mpp} is not a positive number of µm/px; fix or re-extract it")
+    return pf
 
 
 def _load_care_npy(path: Path, allow_pickle: bool, step_override: int | None) -> PatchFeatures:
@@ -156,4 +209,4 @@ def _load_care_npy(path: Path, allow_pickle: bool, step_override: int | None) ->
     extra = {"source_format": "care npy", "source_file": path.name}
     if name_sizes:
         extra["name_patch_size"] = sorted(name_sizes)
-    return PatchFeatures(features=features, coords=coords_arr, patch_size_level0=step, extra=extra)
+    return PatchFeatures(features=features, coords=coords_arr, patch_size_level0=step, extra=extra, source=str(path))

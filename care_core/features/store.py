@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
@@ -10,12 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from care_core._atomic import atomic_path
+from care_core._atomic import atomic_path, check_free_space
 from care_core.errors import FeatureFileError, FeatureMismatchError
 
-__all__ = ["PatchFeatures", "check_compatible", "FORMAT_NAME"]
+__all__ = ["PatchFeatures", "check_compatible", "FORMAT_NAME", "MAX_ABS_FEATURE"]
 
 FORMAT_NAME = "napari-care-features/1"  # root attribute `format` of the .h5 files we write
+MAX_ABS_FEATURE = 1e6  # larger magnitudes are not patch embeddings (they overflow CARE's float32 attention)
+OFF_GRID_TOL = 0.05  # a patch more than this fraction of a step off its grid cell is reported
 
 
 @dataclass
@@ -29,6 +32,7 @@ class PatchFeatures:
     patch_px: side of one patch in pixels at `mpp` (what the encoder saw before resizing).
     encoder: name of the patch encoder ("" when unknown); weights_sha256: hash of its weights.
     slide_path, slide_size_level0: the source slide and its level-0 (width, height).
+    source: the file these features were read from ("" when made in memory); messages name it first.
     """
 
     features: np.ndarray
@@ -41,6 +45,7 @@ class PatchFeatures:
     slide_path: str = ""
     slide_size_level0: tuple[int, int] | None = None
     extra: dict = field(default_factory=dict)
+    source: str = ""
 
     def __post_init__(self) -> None:
         self.features = np.asarray(self.features)
@@ -62,6 +67,49 @@ class PatchFeatures:
     def dim(self) -> int:
         return int(self.features.shape[1])
 
+    @property
+    def label(self) -> str:
+        """What messages call these features: the file they came from, else their slide."""
+        return self.source or self.slide_path or "these features"
+
+    def check_values(self) -> None:
+        """Raise FeatureFileError when a row holds NaN, ±Inf or a value beyond ±MAX_ABS_FEATURE (such rows
+        would turn every CARE output into NaN); the message names the file, the row count and what to do."""
+        n, bad = self.n_patches, np.zeros(self.n_patches, bool)
+        for i in range(0, n, 8192):  # bounded memory for large slides
+            chunk = self.features[i: i + 8192]
+            bad[i: i + 8192] = ~(np.isfinite(chunk) & (np.abs(chunk) <= MAX_ABS_FEATURE)).all(axis=1)
+        if bad.any():
+            fix = ("re-extract it" if self.source else
+                   f"check encoder {self.encoder or 'unknown'!r} and its weights, which produced them")
+            raise FeatureFileError(
+                f"{self.label}: {int(bad.sum())} of {n} patch feature rows hold NaN, Inf or values beyond "
+                f"±{MAX_ABS_FEATURE:g} (first bad row {int(np.argmax(bad))}); these are not usable features: {fix}"
+            )
+
+    def check_coords(self) -> None:
+        """Raise FeatureFileError for negative level-0 coords (not positions on a slide); warn when patches
+        lie off the grid of `patch_size_level0` (they are placed in the nearest cell)."""
+        if not self.n_patches:
+            return
+        neg = (self.coords < 0).any(axis=1)
+        if neg.any():
+            x, y = self.coords.min(axis=0)
+            raise FeatureFileError(
+                f"{self.label}: {int(neg.sum())} of {self.n_patches} patches have negative level-0 coords (down to "
+                f"x={x}, y={y}); coords must be top-left pixel positions on the slide: fix or re-extract the file"
+            )
+        step = self.patch_size_level0
+        rem = (self.coords - self.coords.min(axis=0)) % step
+        off = np.minimum(rem, step - rem).max(axis=1)
+        n_off = int((off > OFF_GRID_TOL * step).sum())
+        if n_off:
+            warnings.warn(
+                f"{self.label}: {n_off} of {self.n_patches} patches lie off the {step}-px grid (by up to "
+                f"{int(off.max())} level-0 px); each is placed in its nearest grid cell",
+                stacklevel=2,
+            )
+
     def grid_indices(self) -> np.ndarray:
         """[N, 2] integer grid (col, row) of each patch: its offset from the top-left patch in steps of
         patch_size_level0, rounded (grids need not start at a multiple of the step). Two patches in one cell
@@ -71,35 +119,57 @@ class PatchFeatures:
         g = np.rint((self.coords - self.coords.min(axis=0)) / self.patch_size_level0).astype(np.int64)
         if len(np.unique(g, axis=0)) < len(g):
             raise FeatureFileError(
-                f"{self.slide_path or 'these features'}: several patches fall in one grid cell of "
+                f"{self.label}: several patches fall in one grid cell of "
                 f"{self.patch_size_level0} level-0 px; the coords are not a patch grid of that step "
                 "(pass the right patch_size_level0 when loading)"
             )
         return g
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write `path` (.h5, TRIDENT layout) atomically: a temp file in the same folder, then `os.replace`.
+        """Write `path` (.h5, TRIDENT layout plus our provenance) atomically: a temp file, then `os.replace`.
 
-        Datasets `features` [N, D] and `coords` [N, 2] int64 (attribute `patch_size_level0`); the metadata
-        (mpp, patch_px, encoder, weights_sha256, slide path/size, package version, extra) are root attributes.
+        Datasets `features` [N, D] (attributes `encoder`, `name` as TRIDENT writes them) and `coords` [N, 2]
+        int64 (attributes `patch_size_level0`, `patch_size`, `level0_magnification`, `target_magnification`,
+        `overlap`, `name`, `level0_width`, `level0_height`, as TRIDENT's patcher writes them); our metadata
+        (format, mpp, patch_px, encoder, weights_sha256, slide path/size, grid step, package version, extra) are root
+        attributes. Features with NaN/Inf/absurd values are refused. The file is built in memory and written
+        in one go, so a full disk gives one `OutputError` (and never a half-written HDF5 file); the disk's
+        free space is checked first.
         """
         import h5py
 
         from care_core import __version__
 
+        self.check_values()
         path = Path(path)
-        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-            f.create_dataset("features", data=self.features)
+        name = Path(self.slide_path).stem if self.slide_path else path.stem
+        buf = io.BytesIO()
+        with h5py.File(buf, "w") as f:
+            feats = f.create_dataset("features", data=self.features)
+            feats.attrs["encoder"] = self.encoder
+            feats.attrs["name"] = name
             coords = f.create_dataset("coords", data=self.coords.astype(np.int64))
-            coords.attrs["patch_size_level0"] = self.patch_size_level0
+            side = int(self.extra.get("patch_side_level0", self.patch_size_level0))  # > step when patches overlap
+            cattrs = coords.attrs
+            cattrs["patch_size_level0"] = side
+            cattrs["name"] = name
+            cattrs["overlap"] = 0
             if self.patch_px is not None:
-                coords.attrs["patch_size"] = int(self.patch_px)
+                cattrs["patch_size"] = int(self.patch_px)
+                cattrs["overlap"] = int(round((side - self.patch_size_level0) * int(self.patch_px) / side))
+            if self.mpp is not None and self.patch_px is not None:  # TRIDENT's convention: magnification = 10 / mpp
+                target_mag = 10.0 / float(self.mpp)
+                cattrs["target_magnification"] = _tidy(target_mag)
+                cattrs["level0_magnification"] = _tidy(target_mag * side / int(self.patch_px))
+            if self.slide_size_level0 is not None:
+                cattrs["level0_width"], cattrs["level0_height"] = (int(v) for v in self.slide_size_level0)
             attrs = f.attrs
             attrs["format"] = FORMAT_NAME
             attrs["encoder"] = self.encoder
             attrs["weights_sha256"] = self.weights_sha256
             attrs["slide_path"] = self.slide_path
             attrs["care_version"] = __version__
+            attrs["grid_step_level0"] = self.patch_size_level0
             if self.mpp is not None:
                 attrs["mpp"] = float(self.mpp)
             if self.patch_px is not None:
@@ -107,7 +177,17 @@ class PatchFeatures:
             if self.slide_size_level0 is not None:
                 attrs["slide_size_level0"] = np.asarray(self.slide_size_level0, dtype=np.int64)
             attrs["extra_json"] = json.dumps(self.extra, sort_keys=True, default=str)
+        data = buf.getbuffer()
+        with atomic_path(path, size_hint=len(data)) as tmp:
+            check_free_space(path.parent, len(data), path)
+            with open(tmp, "wb") as fh:
+                fh.write(data)
         return path
+
+
+def _tidy(value: float) -> float | int:
+    """An integer when `value` is one (to 1e-6), else `value` rounded to 6 decimals."""
+    return int(round(value)) if abs(value - round(value)) < 1e-6 else round(value, 6)
 
 
 def _norm_encoder(name: str) -> str:
@@ -129,7 +209,7 @@ def check_compatible(
     case- and dash/underscore-insensitively; features of unknown encoder only warn); mpp: µm/px it expects
     (relative tolerance `mpp_rtol`); patch_px: patch side in px at that mpp.
     """
-    src = features.slide_path or "these features"
+    src = features.label
     if dim is not None and features.dim != int(dim):
         raise FeatureMismatchError(
             f"{src}: features are {features.dim}-d (encoder {features.encoder or 'unknown'!r}) but the model "
