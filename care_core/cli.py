@@ -101,6 +101,16 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from care_core.regions import export_encoding_file
+
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    written = export_encoding_file(args.encoding, args.out, slide=args.slide, mpp=args.mpp, formats=formats)
+    for fmt, path in written.items():
+        print(f"{fmt:8s}{path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="care", description="CARE adaptive-region slide encoder for whole-slide images.")
     parser.add_argument("--version", action="version", version=f"napari-care {__version__}")
@@ -149,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-pickle", action="store_true",
                    help="also read the CARE authors' pickled .npy feature files (pickles can run code)")
     p.set_defaults(func=_cmd_encode)
+
+    p = sub.add_parser("export", help="regions of an encoding as QuPath GeoJSON, ASAP XML, OME-TIFF mask, CSV, npz")
+    p.add_argument("encoding", type=Path, help="a <slide>_encoding.npz written by care encode")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--slide", type=Path, default=None, help="the slide file: size and µm/px of the label mask")
+    p.add_argument("--mpp", type=float, default=None, help="µm/px at level 0 of --slide (overrides the file's value)")
+    p.add_argument("--format", default="geojson,asap,mask,csv,npz",
+                   help="comma-separated: geojson, asap, mask, csv, npz (default: all)")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 

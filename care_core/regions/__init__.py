@@ -2,6 +2,7 @@
 
 from care_core.regions.annotations import Annotation, read_annotations
 from care_core.regions.asap import read_asap_xml, write_asap_xml
+from care_core.regions.bundle import EXPORT_FORMATS, export_encoding_file, export_name, export_regions
 from care_core.regions.export import (
     annotations_to_geojson,
     prediction_columns,
@@ -13,6 +14,7 @@ from care_core.regions.export import (
     write_region_csv,
 )
 from care_core.regions.geometry import REGION_COLUMNS, label_raster, region_polygons, region_table, roi_geometry
+from care_core.regions.mask import LabelMask, read_label_mask, write_label_mask
 
 __all__ = [
     "Annotation",
@@ -32,4 +34,11 @@ __all__ = [
     "write_asap",
     "write_geojson",
     "write_region_csv",
+    "LabelMask",
+    "read_label_mask",
+    "write_label_mask",
+    "EXPORT_FORMATS",
+    "export_name",
+    "export_regions",
+    "export_encoding_file",
 ]
