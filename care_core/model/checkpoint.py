@@ -1,13 +1,19 @@
 """CARE checkpoints: ``<name>.safetensors`` (tensors) + ``<name>.json`` (config and provenance).
 
 No pickles: tensors go through safetensors; the JSON records the config, the features the model
-expects (encoder, dimension, µm/px, patch size), the sha256 of the tensor file and the package version.
+expects (encoder, dimension, µm/px, patch size), the sha256 of the tensor file, the package version and
+``sha256``: one hash over the tensors' hash and every field that shapes the model or its inputs, so an
+edited config is refused like an edited tensor file. Every fault of a checkpoint is a CheckpointError
+naming the file. Files of the older ``care-checkpoint/1`` format (no ``sha256``) still load, with a
+warning that their config is unprotected; re-save them with ``save_checkpoint`` to protect it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +22,9 @@ from care_core.errors import CheckpointError
 
 __all__ = ["CheckpointMeta", "save_checkpoint", "load_checkpoint", "read_checkpoint_meta", "check_features", "DEMO_CHECKPOINT"]
 
-FORMAT = "care-checkpoint/1"
+FORMAT = "care-checkpoint/2"
+_OLD_FORMATS = ("care-checkpoint/1",)  # tensors hashed, config not: loaded with a warning
+_COVERED = ("format", "config", "input_dim", "encoder", "feature_mpp", "patch_px", "tensors_sha256", "extra")
 DEMO_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "care_demo"  # shipped demo (project's own Stage I)
 
 
@@ -32,6 +40,7 @@ class CheckpointMeta:
     tensors_sha256: str = ""
     package_version: str = ""
     extra: dict = field(default_factory=dict)
+    sha256: str = ""  # covers the config, the feature fields and tensors_sha256 ("" in older files)
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
@@ -47,6 +56,12 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _meta_sha256(raw: dict) -> str:
+    """sha256 of the covered fields of a checkpoint JSON, in canonical form."""
+    covered = {k: raw.get(k) for k in _COVERED}
+    return hashlib.sha256(json.dumps(covered, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def save_checkpoint(
@@ -78,13 +93,55 @@ def save_checkpoint(
         "package_version": __version__,
         "extra": extra or {},
     }
+    meta["sha256"] = _meta_sha256(meta)
     with atomic_path(json_path) as tmp:
         tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
     return tensors_path
 
 
+def _config_types_error(config) -> str:
+    """Why `config` is not a CAREConfig dict of well-typed values ("" when it is)."""
+    from dataclasses import MISSING, fields
+
+    from care_core.model.care import CAREConfig
+
+    if not isinstance(config, dict):
+        return f"'config' is a {type(config).__name__}, not an object of CARE settings"
+    for f in fields(CAREConfig):
+        if f.name not in config or f.default is MISSING:
+            continue
+        value, kind = config[f.name], type(f.default)
+        ok = (isinstance(value, bool) if kind is bool else
+              isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+              isinstance(value, kind) and not isinstance(value, bool))
+        if not ok:
+            return f"config {f.name}={value!r} should be of type {kind.__name__}"
+    return ""
+
+
+def _fields_error(raw: dict) -> str:
+    """Why the top-level fields of a checkpoint JSON are ill-typed ("" when they are fine)."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    checks = (
+        ("encoder", lambda v: isinstance(v, str), "a string"),
+        ("feature_mpp", lambda v: v is None or (number(v) and v > 0), "a positive number of µm/px or null"),
+        ("patch_px", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0),
+         "a positive integer or null"),
+        ("tensors_sha256", lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}|", v), "a sha256 hex string"),
+        ("extra", lambda v: isinstance(v, dict), "an object"),
+        ("input_dim", lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    )
+    for key, ok, what in checks:
+        if key in raw and not ok(raw[key]):
+            return f"{key}={raw[key]!r} is not {what}"
+    return _config_types_error(raw.get("config"))
+
+
 def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
-    """Parse and validate ``<path>.json`` (raises CheckpointError naming the file)."""
+    """Parse and validate ``<path>.json``: types, the hash over config and tensors hash, a buildable config.
+    Raises CheckpointError naming the file."""
     _, json_path = _paths(path)
     if not json_path.is_file():
         raise CheckpointError(f"checkpoint metadata {json_path} not found: a CARE checkpoint is a .safetensors + .json pair")
@@ -92,14 +149,31 @@ def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
         raw = json.loads(json_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"checkpoint metadata {json_path} is not valid JSON ({exc}); re-save the checkpoint") from exc
-    if raw.get("format") != FORMAT or "config" not in raw:
-        raise CheckpointError(f"{json_path} has format={raw.get('format')!r}, expected {FORMAT!r}; it is not a CARE checkpoint")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{json_path} holds a JSON {type(raw).__name__}, not a CARE checkpoint's metadata object")
+    fmt = raw.get("format")
+    if fmt not in (FORMAT, *_OLD_FORMATS) or "config" not in raw:
+        raise CheckpointError(f"{json_path} has format={fmt!r}, expected {FORMAT!r}; it is not a CARE checkpoint")
+    bad = _fields_error(raw)
+    if bad:
+        raise CheckpointError(f"{json_path}: {bad}; the file was edited or damaged: re-save the checkpoint")
+    if fmt == FORMAT and raw.get("sha256") != _meta_sha256(raw):
+        raise CheckpointError(
+            f"{json_path}: its config or feature fields do not match its sha256 (edited after saving?); restore the "
+            "original file or re-save the checkpoint with save_checkpoint"
+        )
+    if fmt in _OLD_FORMATS:
+        warnings.warn(f"{json_path}: older checkpoint format {fmt!r}, whose hash does not cover its config; load it "
+                      "and re-save it with save_checkpoint to protect it", stacklevel=3)
     from care_core.model.care import CAREConfig
 
     try:  # the config is the one source of the architecture (the top-level input_dim is for people reading the file)
         input_dim = CAREConfig.from_dict(raw["config"]).input_dim
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{json_path}: its config cannot build a CARE ({exc}); re-save the checkpoint") from exc
+    if "input_dim" in raw and raw["input_dim"] != input_dim:
+        raise CheckpointError(f"{json_path}: input_dim={raw['input_dim']} disagrees with its config's {input_dim}; "
+                              "re-save the checkpoint")
     return CheckpointMeta(
         config=raw["config"],
         input_dim=input_dim,
@@ -107,15 +181,17 @@ def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
         feature_mpp=raw.get("feature_mpp"),
         patch_px=raw.get("patch_px"),
         tensors_sha256=raw.get("tensors_sha256", ""),
-        package_version=raw.get("package_version", ""),
+        package_version=str(raw.get("package_version", "")),
         extra=raw.get("extra", {}),
+        sha256=raw.get("sha256", "") if fmt == FORMAT else "",
     )
 
 
 def load_checkpoint(path: str | Path, *, map_location: str = "cpu"):
-    """Rebuild a CARE from a checkpoint (architecture from the JSON, tensors verified by sha256).
+    """Rebuild a CARE from a checkpoint (architecture from the JSON, config and tensors verified by sha256).
 
-    The model's ``checkpoint_meta`` attribute holds the ``CheckpointMeta``.
+    The model's ``checkpoint_meta`` attribute holds the ``CheckpointMeta``. Any fault (missing or edited
+    file, truncated tensors, tensors that do not fit the config) is a CheckpointError naming the file.
     """
     from safetensors.torch import load_file
 
@@ -126,17 +202,25 @@ def load_checkpoint(path: str | Path, *, map_location: str = "cpu"):
     if not tensors_path.is_file():
         raise CheckpointError(f"checkpoint tensors {tensors_path} not found next to its .json; copy both files together")
     digest = _sha256(tensors_path)
-    if meta.tensors_sha256 and digest != meta.tensors_sha256:
+    if (meta.tensors_sha256 or meta.sha256) and digest != meta.tensors_sha256:
         raise CheckpointError(
-            f"{tensors_path} has sha256 {digest[:12]}… but its .json records {meta.tensors_sha256[:12]}…: "
-            "the files do not belong together or one is corrupt"
+            f"{tensors_path} has sha256 {digest[:12]}… but its .json records {meta.tensors_sha256[:12] or 'none'}…: "
+            "the files do not belong together or one is corrupt (truncated copy?)"
         )
     try:
         model = CARE(meta.config)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{tensors_path}: config cannot build a CARE ({exc})") from exc
-    state = load_file(str(tensors_path), device=map_location)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        state = load_file(str(tensors_path), device=map_location)
+    except Exception as exc:  # safetensors raises its own error type for truncated or foreign files
+        raise CheckpointError(f"{tensors_path} is not a readable safetensors file ({exc}); copy it again") from exc
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"{tensors_path}: tensor shapes do not fit its config ({first}); the pair does not belong "
+                              "together") from None
     if missing or unexpected:
         raise CheckpointError(f"{tensors_path}: tensors do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
     model.checkpoint_meta = CheckpointMeta(**{**meta.__dict__, "tensors_sha256": digest})
