@@ -1,8 +1,11 @@
 """Cohort extraction: one task per slide on dask.distributed (a LocalCluster by default), resumable.
 
-A slide is finished when its final `<out_dir>/<stem>.h5` exists; those are skipped. Outputs are written to
-a temp file (`.<stem>.h5.*.tmp`) and renamed, so a crash never leaves a file that looks finished. A
-failing slide becomes a "failed" row with its error; the others go on.
+A slide is finished when its final `<out_dir>/<stem>.h5` exists, reads back complete and was made with
+this run's encoder and grid; those are skipped. An unreadable or incomplete one is redone (its row says
+so). Outputs are written to a temp file (`.<stem>.h5.*.tmp`) and renamed, so a crash never leaves a file
+that looks finished; the temp files of killed runs are removed at the next run. A failing slide becomes a
+"failed" row with its error and the others go on, except after a full disk, which stops the run (every
+later slide would fail the same way). A single slide runs in this process: no cluster to start.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable
 
+from care_core._atomic import check_free_space, check_output_dir, remove_stale_temps
 from care_core.errors import InvalidInputError
 
 __all__ = ["SlideEntry", "CohortRow", "CohortSummary", "run_cohort", "read_slide_list_csv", "format_summary"]
@@ -34,7 +38,10 @@ class SlideEntry:
 
 @dataclass(frozen=True)
 class CohortRow:
-    """Outcome for one slide: status is one of "done", "skipped", "failed", "empty" (no tissue)."""
+    """Outcome for one slide: status is one of "done", "skipped", "failed", "empty" (no tissue).
+
+    error: why it failed (one line); note: anything else worth saying (e.g. an unreadable old output redone).
+    """
 
     slide: str
     status: str
@@ -42,6 +49,7 @@ class CohortRow:
     seconds: float = 0.0
     error: str = ""
     output: str = ""
+    note: str = ""
 
 
 @dataclass
@@ -102,17 +110,21 @@ def _cached_encoder(name: str, weights: str | None, device: str):
     return get_encoder(name, weights=weights, device=device)
 
 
-def _extract_slide(slide_path: str, out_path: str, mpp: float | None, cfg: dict) -> dict:
-    """Worker task: tissue → grid → features → `out_path`; returns a `CohortRow` as a dict, never raises."""
+def _extract_slide(slide_path: str, out_path: str, mpp: float | None, cfg: dict, note: str = "") -> dict:
+    """Worker task: tissue → grid → features → `out_path`; returns a `CohortRow` as a dict, never raises
+    (except KeyboardInterrupt: the temp file is removed and the interrupt goes on)."""
     import dask
 
     t0 = time.perf_counter()
     try:
-        with dask.config.set(scheduler="sync"):  # read pixels here; never ship the slide's graph to the cluster
-            status, n, note = _extract_one(slide_path, out_path, mpp, cfg)
-        return asdict(CohortRow(slide_path, status, n, time.perf_counter() - t0, note, out_path))
+        with dask.config.set(scheduler="sync"), warnings.catch_warnings():  # read pixels here, not on the cluster
+            warnings.simplefilter("ignore")  # a worker's warnings would print with no slide name; rows say it all
+            status, n, error = _extract_one(slide_path, out_path, mpp, cfg)
+        return asdict(CohortRow(slide_path, status, n, time.perf_counter() - t0, error, out_path, note))
     except Exception as exc:  # reported in the summary; the cohort goes on
-        return asdict(CohortRow(slide_path, "failed", 0, time.perf_counter() - t0, f"{type(exc).__name__}: {exc}"))
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return asdict(CohortRow(slide_path, "failed", 0, time.perf_counter() - t0, f"{type(exc).__name__}: {first}",
+                                note=note))
 
 
 def _extract_one(slide_path: str, out_path: str, mpp: float | None, cfg: dict) -> tuple[str, int, str]:
@@ -141,23 +153,43 @@ def _extract_one(slide_path: str, out_path: str, mpp: float | None, cfg: dict) -
                 slide_size_level0=tuple(slide.dimensions), extra={"no_tissue": str(exc)},
             ).save(out_path)
             return "empty", 0, str(exc)
+        n = len(grid.coords)  # fail before the encoding, not after it, when the result cannot fit on the disk
+        check_free_space(Path(out_path).parent, n * (4 * encoder.dim + 16) + (1 << 16), out_path)
         features = extract_features(slide, grid, encoder, batch_size=cfg["batch_size"], num_workers=cfg["read_threads"])
         features.save(out_path)
     return "done", features.n_patches, ""
 
 
-def _finished(path: Path, encoder_name: str, cfg: dict) -> tuple[int, str]:
-    """(patches, "") of a finished feature file made with this run's encoder and grid, else (0, why not)."""
+def _existing(path: Path, encoder_name: str, cfg: dict) -> tuple[str, int, str]:
+    """What an existing output is: ("skipped", patches, "") when it is complete and made with this run's
+    encoder and grid; ("failed", 0, why) when it is another run's; ("redo", 0, why) when it cannot be read."""
     import h5py
 
-    with h5py.File(path, "r") as f:
-        made = (str(f.attrs.get("encoder", "")), f.attrs.get("mpp"), f.attrs.get("patch_px"))
-        n = int(f["coords"].shape[0])
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in ("features", "coords") if k not in f]
+            if missing:
+                return "redo", 0, f"redone: the old {path.name} lacked {missing}"
+            feats, coords = f["features"], f["coords"]
+            if feats.ndim != 2 or coords.shape != (feats.shape[0], 2):
+                return "redo", 0, f"redone: the old {path.name} had features {feats.shape} and coords {coords.shape}"
+            if len(coords):  # the last rows are the last bytes written: a cut file fails here
+                feats[-1], coords[-1]
+            made = (str(f.attrs.get("encoder", "")), f.attrs.get("mpp"), f.attrs.get("patch_px"))
+            n = int(coords.shape[0])
+    except Exception as exc:  # any h5py/OS error: the file is not something to trust
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return "redo", 0, f"redone: the old {path.name} was unreadable ({first})"
     wanted = (encoder_name, cfg["target_mpp"], cfg["patch_px"])
-    if made[0] != wanted[0] or made[1] is None or abs(float(made[1]) - wanted[1]) > 1e-6 or made[2] != wanted[2]:
-        return 0, (f"{path} exists from encoder {made[0]!r} at {made[1]} µm/px, {made[2]} px, not {wanted[0]!r} at "
-                   f"{wanted[1]:g} µm/px, {wanted[2]} px; write to another --out folder or delete it")
-    return n, ""
+    try:
+        same = made[0] == wanted[0] and abs(float(made[1]) - wanted[1]) <= 1e-6 and int(made[2]) == wanted[2]
+    except (TypeError, ValueError):
+        same = False
+    if not same:
+        return "failed", 0, (f"{path} exists from encoder {made[0]!r} at {made[1]} µm/px, {made[2]} px, not "
+                             f"{wanted[0]!r} at {wanted[1]:g} µm/px, {wanted[2]} px; write to another --out folder or "
+                             "delete it")
+    return "skipped", n, ""
 
 
 def run_cohort(
@@ -180,15 +212,17 @@ def run_cohort(
     """Extract `<out_dir>/<stem>.h5` for every slide, one dask task per slide; returns the summary.
 
     scheduler: "tcp://host:port" of a running dask scheduler, or None for a LocalCluster of `n_workers`
-    processes with 1 thread each. mpp_override: level-0 µm/px used for every slide instead of
+    processes with 1 thread each (a single slide to do runs in this process instead). mpp_override: level-0 µm/px used for every slide instead of
     the file's value (a `SlideEntry.mpp`, e.g. the CSV's mpp column, wins over it). read_threads: patch-reading threads inside each task. progress: called with each
     row as it finishes (skipped rows first). Slides with no tissue get an empty (0 × D) file and a warning.
     """
     from care_core.features.registry import get_encoder_spec
 
     spec = get_encoder_spec(encoder)  # unknown names fail here, before any cluster starts
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_output_dir(out_dir)  # a file, a read-only folder or a full disk fail before any work
+    stale = remove_stale_temps(out_dir)
+    if stale:
+        warnings.warn(f"{out_dir}: removed {len(stale)} temp file(s) left by killed runs", stacklevel=2)
     entries = [s if isinstance(s, SlideEntry) else SlideEntry(Path(s)) for s in slides]
     stems: dict[str, Path] = {}
     for e in entries:
@@ -203,15 +237,23 @@ def run_cohort(
     todo = []
     for i, e in enumerate(entries):
         out = out_dir / f"{Path(e.path).stem}.h5"
-        if out.is_file():
-            n, clash = _finished(out, spec.name, cfg)
-            rows[i] = CohortRow(str(e.path), "failed" if clash else "skipped", n, 0.0, clash, str(out))
+        status, n, why = _existing(out, spec.name, cfg) if out.exists() else ("redo", 0, "")
+        if status == "redo":
+            todo.append((i, e, out, why))
+            continue
+        rows[i] = CohortRow(str(e.path), status, n, 0.0, why if status == "failed" else "", str(out))
+        if progress is not None:
+            progress(rows[i])
+    try:
+        if len(todo) == 1 and scheduler is None:  # one slide: no cluster to start (its start costs more than the slide)
+            i, e, out, why = todo[0]
+            rows[i] = CohortRow(**_extract_slide(str(e.path), str(out), _mpp(e, mpp_override), cfg, why))
             if progress is not None:
                 progress(rows[i])
-        else:
-            todo.append((i, e, out))
-    if todo:
-        rows.update(_run_tasks(todo, cfg, scheduler, n_workers, mpp_override, progress))
+        elif todo:
+            rows.update(_run_tasks(todo, cfg, scheduler, n_workers, mpp_override, progress))
+    finally:  # workers stopped mid-write (interrupt, crash) leave temp files: theirs are dead now
+        remove_stale_temps(out_dir)
     summary = CohortSummary([rows[i] for i in range(len(entries))], out_dir, spec.name)
     for row in summary.rows:
         if row.status == "empty":
@@ -219,30 +261,51 @@ def run_cohort(
     return summary
 
 
+def _mpp(entry: SlideEntry, mpp_override: float | None) -> float | None:
+    return entry.mpp if entry.mpp is not None else mpp_override
+
+
+def _disk_full(row: CohortRow) -> bool:
+    return row.error.startswith("OutputError: disk full")
+
+
 def _run_tasks(todo, cfg: dict, scheduler: str | None, n_workers: int, mpp_override, progress) -> dict[int, CohortRow]:
+    import dask
     from distributed import Client, LocalCluster, as_completed
 
     cluster = None
     if scheduler is None:
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=logging.ERROR)
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):  # a crashing slide is not retried
+            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                                   silence_logs=logging.ERROR)
     try:
         with Client(cluster if cluster is not None else scheduler) as client:
             futures = {
-                client.submit(_extract_slide, str(e.path), str(out), e.mpp if e.mpp is not None else mpp_override,
-                              cfg, key=f"care-extract-{out.stem}-{os.getpid()}-{time.time_ns()}", pure=False): (i, e)
-                for i, e, out in todo
+                client.submit(_extract_slide, str(e.path), str(out), _mpp(e, mpp_override), cfg, why,
+                              key=f"care-extract-{out.stem}-{os.getpid()}-{time.time_ns()}", pure=False): (i, e)
+                for i, e, out, why in todo
             }
-            rows = {}
+            rows, full = {}, None
             for future in as_completed(futures):
                 i, e = futures[future]
                 try:
                     row = CohortRow(**future.result())
-                except Exception as exc:  # the worker itself died (e.g. killed for memory)
-                    row = CohortRow(str(e.path), "failed", 0, 0.0, f"worker lost: {type(exc).__name__}: {exc}")
+                except Exception as exc:  # the worker process itself died
+                    row = CohortRow(str(e.path), "failed", 0, 0.0,
+                                    f"worker process died on this slide ({type(exc).__name__}): out of memory or a "
+                                    "crash in a native library; run it alone to see")
                 rows[i] = row
+                if full is None and _disk_full(row):  # every later slide would fail the same way
+                    full = row
+                    for other in futures:
+                        other.cancel()
                 if progress is not None:
                     progress(row)
+            if full is not None:
+                for i, e in futures.values():
+                    if i not in rows or rows[i].error.startswith("worker process died"):
+                        rows[i] = CohortRow(str(e.path), "failed", 0, 0.0,
+                                            f"not run: the output disk is full (see {Path(full.slide).name})")
             return rows
     finally:
         if cluster is not None:
@@ -250,9 +313,9 @@ def _run_tasks(todo, cfg: dict, scheduler: str | None, n_workers: int, mpp_overr
 
 
 def format_summary(summary: CohortSummary) -> str:
-    """Plain-text table: one line per slide (name, status, patches, seconds, error) and a totals line."""
+    """Plain-text table: one line per slide (name, status, patches, seconds, error or note) and a totals line."""
     head = ("slide", "status", "patches", "seconds", "error")
-    body = [(Path(r.slide).name, r.status, str(r.n_patches), f"{r.seconds:.1f}", r.error.splitlines()[0] if r.error else "")
+    body = [(Path(r.slide).name, r.status, str(r.n_patches), f"{r.seconds:.1f}", " ".join((r.error or r.note).split()))
             for r in summary.rows]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
 
