@@ -37,9 +37,20 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
+    if args.cohort is not None:
+        from care_core.synth.cohort import write_synthetic_cohort
+
+        table = write_synthetic_cohort(args.out, args.cohort, seed=args.seed, width_px=args.width_px or 6000,
+                                       height_px=args.height_px or 4800, mpp=args.mpp, features=args.features,
+                                       workers=args.workers, progress=print)
+        print(f"cohort {table}")
+        return 0
+    if args.features:
+        raise SystemExit("care synth: error: --features needs --cohort N")
     from care_core.synth import write_sample_slide
 
-    sample = write_sample_slide(args.out, width_px=args.width_px, height_px=args.height_px, seed=args.seed, mpp=args.mpp)
+    sample = write_sample_slide(args.out, width_px=args.width_px or 24000, height_px=args.height_px or 18000,
+                                seed=args.seed, mpp=args.mpp)
     print(f"slide  {sample.slide_path}")
     print(f"mask   {sample.mask_path} (labels at 1/{sample.mask_downsample}: {sample.compartments})")
     return 0
@@ -123,12 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-px", type=int, default=512, help="patch side in px at --target-mpp (default 512)")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("synth", help="write a synthetic H&E-like SVS with its ground-truth compartment mask")
-    p.add_argument("out", type=Path, help="output .svs path (mask and JSON sidecar go beside it)")
-    p.add_argument("--width-px", type=int, default=24000)
-    p.add_argument("--height-px", type=int, default=18000)
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("synth", help="write a synthetic H&E-like SVS with its ground-truth compartment mask, "
+                                     "or a whole cohort with molecular tables (--cohort N)")
+    p.add_argument("out", type=Path, help="output .svs path (mask and JSON sidecar go beside it); with --cohort, a folder")
+    p.add_argument("--width-px", type=int, default=None, help="default 24000 (6000 per cohort slide)")
+    p.add_argument("--height-px", type=int, default=None, help="default 18000 (4800 per cohort slide)")
+    p.add_argument("--seed", type=int, default=0, help="slide seed (with --cohort: cohort seed; slide i gets seed*10000+i)")
     p.add_argument("--mpp", type=float, default=0.5, help="µm/px at level 0 (default 0.5, a 20x scan)")
+    p.add_argument("--cohort", type=int, default=None, metavar="N",
+                   help="write N slides, RNA (rna.h5ad) and protein (protein.csv) tables and cohort.csv into OUT")
+    p.add_argument("--features", action="store_true", help="with --cohort: also extract stain-texture features")
+    p.add_argument("--workers", type=int, default=2, help="with --features: extraction worker processes (default 2)")
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("extract", help="patch features for one slide or a cohort (one dask task per slide)")
