@@ -20,8 +20,10 @@ def brightness(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 def contrast(x: np.ndarray, factor: float) -> np.ndarray:
     """Contrast: each channel scaled by `factor` around its mean over the view's patches."""
-    mean = x.mean(axis=0, keepdims=True)
-    return ((x - mean) * x.dtype.type(factor) + mean).astype(x.dtype, copy=False)
+    factor = x.dtype.type(factor)
+    out = x * factor
+    out += x.mean(axis=0, keepdims=True) * (1 - factor)  # (x - mean) * f + mean, in two passes
+    return out
 
 
 def posterize(x: np.ndarray, levels: int) -> np.ndarray:
@@ -32,9 +34,12 @@ def posterize(x: np.ndarray, levels: int) -> np.ndarray:
     if levels < 2:
         raise ValueError(f"levels={levels}: posterize needs at least 2 levels")
     lo, hi = x.min(axis=0, keepdims=True), x.max(axis=0, keepdims=True)
-    span = np.where(hi > lo, hi - lo, 1).astype(np.float64)
-    q = np.rint((x - lo) / span * (levels - 1)) / (levels - 1)
-    return np.where(hi > lo, lo + q * span, x).astype(x.dtype, copy=False)
+    span = hi - lo
+    to_steps = np.divide(levels - 1, span, out=np.zeros_like(span), where=span > 0)  # 0: constant channel
+    q = np.rint((x - lo) * to_steps)
+    q *= span / (levels - 1)
+    q += lo
+    return q
 
 
 def flip_rotate(grid: np.ndarray, *, flip_x: bool = False, flip_y: bool = False, quarter_turns: int = 0) -> np.ndarray:

@@ -10,6 +10,7 @@ patch rows stay on disk: memory grows by 12 bytes per sub-WSI, not by the number
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -18,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from care_core._atomic import atomic_path
-from care_core.errors import FeatureFileError, FeatureMismatchError, TrainingConfigError
+from care_core._atomic import atomic_path, check_free_space
+from care_core.errors import FeatureMismatchError, TrainingConfigError
 
 __all__ = ["SubWSIParams", "SubWSIIndex", "build_subwsi_index", "split_subwsis", "INDEX_FORMAT"]
 
@@ -79,43 +80,18 @@ def _stat(path: Path) -> tuple[int, int]:
 
 
 def _read_grid(path: Path) -> tuple[np.ndarray, np.ndarray, int, int, str]:
-    """Grid (col, row), origin (level-0 x, y), step, feature dim and encoder of one `.h5` feature file,
-    reading its coords only (the features stay on disk)."""
-    import h5py
-
-    from care_core.features import PatchFeatures
-    from care_core.features.importers import infer_step_level0
+    """Grid (col, row), origin (level-0 x, y of grid cell 0), step, feature dim and encoder of one `.h5`
+    feature file, read (and checked) by `load_features`."""
+    from care_core.features import load_features
 
     if path.suffix.lower() not in (".h5", ".hdf5"):
         raise TrainingConfigError(
             f"{path}: Stage I reads patch rows from .h5 feature files only; convert it with "
             "care_core.features.load_features(...).save('<name>.h5')"
         )
-    if not path.is_file():
-        raise FeatureFileError(f"feature file {str(path)!r} does not exist")
-    try:
-        with h5py.File(path, "r") as f:
-            if "features" not in f or "coords" not in f:
-                raise FeatureFileError(
-                    f"{str(path)!r} lacks 'features' [N, D] or 'coords' [N, 2] (found {sorted(f.keys())})"
-                )
-            shape, coords = f["features"].shape, f["coords"][()]
-            step = f["coords"].attrs.get("patch_size_level0")
-            encoder = f.attrs.get("encoder", "")
-    except OSError as exc:
-        raise FeatureFileError(f"{str(path)!r} is not a readable HDF5 file ({exc}); re-extract its features") from exc
-    if len(shape) == 3 and shape[0] == 1:
-        shape = shape[1:]
-    if len(shape) != 2 or coords.ndim != 2 or coords.shape[1:] != (2,) or len(coords) != shape[0]:
-        raise FeatureFileError(f"{str(path)!r}: features {shape} and coords {coords.shape} disagree")
-    if not len(coords):
-        return np.zeros((0, 2), np.int64), np.zeros(2, np.int64), 1, int(shape[1]), str(encoder)
-    step = int(step) if step is not None else infer_step_level0(coords)
-    pf = PatchFeatures(features=np.empty((len(coords), 0), np.float32), coords=coords, patch_size_level0=step,
-                       source=str(path))
-    pf.check_coords()
-    encoder = encoder.decode() if isinstance(encoder, bytes) else str(encoder)
-    return pf.grid_indices(), pf.coords.min(axis=0), step, int(shape[1]), encoder
+    pf = load_features(path)
+    origin = pf.coords.min(axis=0) if pf.n_patches else np.zeros(2, np.int64)
+    return pf.grid_indices(), origin, pf.patch_size_level0, pf.dim, pf.encoder
 
 
 def _norm(encoder: str) -> str:
@@ -250,8 +226,6 @@ def build_subwsi_index(
     parameters (TrainingConfigError otherwise); overwrite=True rebuilds it. All files must share encoder
     and feature dim (FeatureMismatchError naming both files).
     """
-    import h5py
-
     params = SubWSIParams(max_patches, min_patches, eps, min_samples)
     files = [Path(p).resolve() for p in feature_files]
     out = Path(out).resolve()
@@ -269,11 +243,9 @@ def build_subwsi_index(
             )
         return old
 
-    first, rows, rel_paths, slide_cols = None, [], [], {"size": [], "mtime_ns": [], "origin": [], "step": []}
-    subwsi_slide, extent, sizes = [], [], []
+    first, slides, subwsi, rows = None, [], [], []  # per slide: table row; per sub-WSI: (slide, extent)
     for s, path in enumerate(files):
         grid, origin, step, dim, encoder = _read_grid(path)
-        size, mtime = _stat(path)
         if first is None:
             first = (path, dim, encoder)
         elif dim != first[1] or _norm(encoder) != _norm(first[2]):
@@ -283,28 +255,36 @@ def build_subwsi_index(
             )
         for piece in split_subwsis(grid, params):
             rows.append(piece.astype(np.int32))
-            subwsi_slide.append(s)
-            sizes.append(len(piece))
-            extent.append(np.ptp(grid[piece], axis=0) + 1)
-        rel_paths.append(_rel(path, out.parent))
-        for key, value in zip(slide_cols, (size, mtime, origin, step)):
-            slide_cols[key].append(value)
-    if not subwsi_slide:
+            subwsi.append((s, *(np.ptp(grid[piece], axis=0) + 1)))
+        slides.append((_rel(path, out.parent), *_stat(path), *origin, step))
+    if not subwsi:
         raise TrainingConfigError(
             f"{out}: no sub-WSI of >= {min_patches} patches in {len(files)} feature file(s); lower min_patches"
         )
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs.update(format=INDEX_FORMAT, encoder=first[2], dim=first[1], params_json=json.dumps(asdict(params)))
-        s = f.create_group("slides")
-        s["path"] = np.array([p.encode() for p in rel_paths], dtype=h5py.string_dtype("utf-8"))
-        s["size"] = np.asarray(slide_cols["size"], np.int64)
-        s["mtime_ns"] = np.asarray(slide_cols["mtime_ns"], np.int64)
-        s["origin"] = np.asarray(slide_cols["origin"], np.int64).reshape(-1, 2)
-        s["step"] = np.asarray(slide_cols["step"], np.int64)
-        g = f.create_group("subwsi")
-        g["slide"] = np.asarray(subwsi_slide, np.int32)
-        g["offsets"] = offsets
-        g["extent"] = np.asarray(extent, np.int32).reshape(-1, 2)
-        g.create_dataset("patches", data=np.concatenate(rows), chunks=True)
+    _write_index(out, first[2], first[1], params, slides, np.asarray(subwsi, np.int64), rows)
     return SubWSIIndex.load(out)
+
+
+def _write_index(out: Path, encoder: str, dim: int, params: SubWSIParams, slides: list[tuple],
+                 subwsi: np.ndarray, rows: list[np.ndarray]) -> None:
+    """Build the index file in memory, then write it in one go (a full disk is one OutputError, never a
+    half-written HDF5 file)."""
+    import h5py
+
+    paths, size, mtime_ns, x0, y0, step = zip(*slides)
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        f.attrs.update(format=INDEX_FORMAT, encoder=encoder, dim=dim, params_json=json.dumps(asdict(params)))
+        t = f.create_group("slides")
+        t["path"] = np.array([p.encode() for p in paths], dtype=h5py.string_dtype("utf-8"))
+        t["size"], t["mtime_ns"], t["step"] = (np.asarray(v, np.int64) for v in (size, mtime_ns, step))
+        t["origin"] = np.stack([x0, y0], axis=1).astype(np.int64)
+        g = f.create_group("subwsi")
+        g["slide"] = subwsi[:, 0].astype(np.int32)
+        g["extent"] = subwsi[:, 1:].astype(np.int32)
+        g["offsets"] = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+        g.create_dataset("patches", data=np.concatenate(rows), chunks=True)
+    data = buf.getbuffer()
+    with atomic_path(out, size_hint=len(data)) as tmp:
+        check_free_space(out.parent, len(data), out)
+        tmp.write_bytes(data)
