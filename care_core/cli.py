@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from care_core import __version__
@@ -37,6 +40,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
+    from care_core._atomic import check_output_dir
+
+    check_output_dir(args.out if getattr(args, "cohort", None) is not None else args.out.parent)  # before the work
     if args.cohort is not None:
         from care_core.synth.cohort import write_synthetic_cohort
 
@@ -82,13 +88,39 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _untrained_model(inputs: list[Path], seed: int, allow_pickle: bool):
-    """A randomly initialised released-config CARE whose input dim fits the first feature file."""
+    """A randomly initialised CARE (seed `seed`) of the released config; when the features are not the released
+    input dim (768, CONCH v1.5), of their dim instead, and a note on stderr says so. The dim is that of the
+    first readable feature file; files of another dim then fail one by one."""
     from care_core.encode import feature_files
+    from care_core.errors import FeatureFileError
     from care_core.features import load_features
-    from care_core.model import CARE
+    from care_core.model import CARE, CAREConfig
 
-    first = load_features(feature_files(inputs, allow_pickle=allow_pickle)[0], allow_pickle=allow_pickle)
-    return CARE.from_seed(seed, input_dim=first.dim)
+    files, errors = feature_files(inputs, allow_pickle=allow_pickle), []
+    for path in files:
+        try:
+            dim = load_features(path, allow_pickle=allow_pickle).dim
+            break
+        except CareError as exc:
+            errors.append(str(exc))
+    else:
+        raise FeatureFileError(f"none of the {len(files)} feature files can be read to size an untrained CARE "
+                               f"(first: {errors[0]})")
+    released = CAREConfig().input_dim
+    how = "the released config" if dim == released else (
+        f"the released config but input_dim={dim} from {path.name} (the released one takes {released}-d features)")
+    print(f"note: untrained CARE (random weights, seed {seed}) of {how}: its regions are close to the k×k squares",
+          file=sys.stderr)
+    return CARE.from_seed(seed, input_dim=dim)
+
+
+def _encode_model(args: argparse.Namespace):
+    """What `care encode` runs: --model PATH, --untrained SEED, or None (the shipped demo checkpoint)."""
+    if args.untrained is None:
+        return args.model
+    if args.model is not None:
+        raise SystemExit("care encode: error: give either --model or --untrained, not both")
+    return _untrained_model(args.features, args.untrained, args.allow_pickle)
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
@@ -96,20 +128,20 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
     from care_core.encode import iter_encode_paths
 
-    model = args.model
-    if args.untrained is not None:
-        if model is not None:
-            raise SystemExit("care encode: error: give either --model or --untrained, not both")
-        model = _untrained_model(args.features, args.untrained, args.allow_pickle)
-        print(f"note: untrained CARE (random weights, seed {args.untrained}): regions are close to the k×k squares")
-    bar = None
-    for i, total, path, written in iter_encode_paths(args.features, model, args.out, allow_pickle=args.allow_pickle):
-        bar = bar or tqdm(total=total, unit="slide", desc="encode")
-        bar.update(1)
-        bar.write(f"{path.name}: {', '.join(p.name for p in written) or 'skipped (no patches)'}")
-    if bar is not None:
-        bar.close()
-    return 0
+    bar, counts = None, {"encoded": 0, "skipped": 0, "failed": 0}
+    try:
+        for r in iter_encode_paths(args.features, _encode_model(args), args.out, allow_pickle=args.allow_pickle,
+                                   keep_going=True):
+            bar = bar or tqdm(total=r.total, unit="slide", desc="encode")
+            bar.update(1)
+            kind = "failed" if r.error else "encoded" if r.written else "skipped"
+            counts[kind] += 1
+            bar.write(f"{r.path.name}: " + (f"failed: {r.error}" if r.error else ", ".join(p.name for p in r.written) or r.note))
+    finally:  # before any error line
+        if bar is not None:
+            bar.close()
+    print(f"{sum(counts.values())} feature files ({', '.join(f'{n} {k}' for k, n in counts.items())}) → {args.out}")
+    return 1 if counts["failed"] else 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -119,6 +151,88 @@ def _cmd_export(args: argparse.Namespace) -> int:
     written = export_encoding_file(args.encoding, args.out, slide=args.slide, mpp=args.mpp, formats=formats)
     for fmt, path in written.items():
         print(f"{fmt:8s}{path}")
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from care_core.train.trainer import pretrain
+
+    run_dir = args.resume or args.out
+    if run_dir is None:
+        print("care pretrain: error: give --out RUN_DIR for a new run or --resume RUN_DIR", file=sys.stderr)
+        return 2
+    bar = None
+    for ev in pretrain(run_dir, stage=args.stage, config=args.config, resume=args.resume is not None):
+        if ev.kind == "start":
+            bar = tqdm(total=ev.total_steps, initial=ev.step, unit="step", desc=f"pretrain {run_dir}")
+            for k, v in ev.metrics.items():
+                tqdm.write(f"{k}: {v}")
+        elif ev.kind == "step":
+            bar.update(ev.step - bar.n)
+            bar.set_postfix(loss=f"{ev.metrics.get('loss', float('nan')):.4f}", lr=f"{ev.lr:.2e}")
+        elif ev.kind == "end":
+            bar.close()
+            print(f"CARE checkpoint: {ev.path}")
+    return 0
+
+
+def _care_model(args: argparse.Namespace, command: str):
+    """The CARE of --model / --untrained (None when neither is given)."""
+    if args.untrained is not None:
+        if args.model is not None:
+            raise SystemExit(f"care {command}: error: give either --model or --untrained, not both")
+        return _untrained_model(args.features, args.untrained, getattr(args, "allow_pickle", False))
+    if args.model is None:
+        return None
+    from care_core.encode import resolve_model
+
+    return resolve_model(args.model)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from care_core.encode import resolve_model
+    from care_core.evaluate.predict import iter_predict
+
+    model = _care_model(args, "predict") or resolve_model(None)
+    bar = None
+    for i, total, path, written in iter_predict(args.features, model, args.head, args.out, allow_pickle=args.allow_pickle):
+        bar = bar or tqdm(total=total, unit="slide", desc="predict")
+        bar.update(1)
+    if bar is not None:
+        bar.close()
+    print(f"slide predictions: {args.out / 'slide_predictions.csv'}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from care_core.evaluate.run import iter_evaluate
+
+    model = _care_model(args, "evaluate")
+    bars: dict[str, tqdm] = {}
+    gen = iter_evaluate(args.labels, args.features, model=model, protocol=args.protocol, input=args.input,
+                        out_dir=args.out, splits=args.splits, n_folds=args.folds, val=not args.no_val, seed=args.seed,
+                        annotations=args.annotations)
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            result = stop.value
+            break
+        bar = bars.get(ev.stage) or bars.setdefault(ev.stage, tqdm(total=ev.total, unit="slide" if ev.stage == "encode"
+                                                                   else "fold", desc=ev.stage))
+        bar.update(ev.done - bar.n)
+        if ev.metrics:
+            bar.set_postfix({k: f"{v:.3f}" for k, v in ev.metrics.items()})
+    for bar in bars.values():
+        bar.close()
+    print((args.out / "results.md").read_text(), end="")
+    print(f"results: {args.out / 'results.json'}")
     return 0
 
 
@@ -170,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("features", type=Path, nargs="+", help="feature files (.h5) or folders of them")
     p.add_argument("--model", type=Path, default=None, help="CARE checkpoint (.safetensors with its .json)")
     p.add_argument("--untrained", type=int, default=None, metavar="SEED",
-                   help="use a randomly initialised CARE (released config) instead of a checkpoint")
+                   help="use a randomly initialised CARE instead of a checkpoint: the released config, with the "
+                        "features' input dim when they are not 768-d (a note says so)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--allow-pickle", action="store_true",
                    help="also read the CARE authors' pickled .npy feature files (pickles can run code)")
@@ -184,16 +299,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="geojson,asap,mask,csv,npz",
                    help="comma-separated: geojson, asap, mask, csv, npz (default: all)")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("pretrain", help="pretrain CARE: Stage I (iBOT on feature grids) or Stage II (RNA / protein alignment)")
+    p.add_argument("--stage", choices=["1", "2"], default=None, help="1: iBOT; 2: molecular alignment (needed with --config)")
+    p.add_argument("--config", type=Path, default=None, help="config file (.toml, .yaml or .json); see docs/training.md")
+    p.add_argument("--out", type=Path, default=None, help="run folder of a new run")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its last checkpoint (its own config unless --config is given)")
+    p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser("predict", help="apply trained heads to feature files: class probabilities per slide and per region")
+    p.add_argument("features", type=Path, nargs="+", help="feature files (.h5) or folders of them")
+    p.add_argument("--model", type=Path, default=None, help="CARE checkpoint the heads were trained with")
+    p.add_argument("--untrained", type=int, default=None, metavar="SEED", help="an untrained CARE (random weights, seed)")
+    p.add_argument("--head", type=Path, action="append", required=True,
+                   help="a head written by care evaluate (.safetensors with its .json); repeat for several")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--allow-pickle", action="store_true", help="also read the CARE authors' pickled .npy feature files")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("evaluate", help="the paper's cross-validated probes on a labelled cohort; saves results and heads")
+    p.add_argument("--labels", type=Path, required=True,
+                   help="CSV/Parquet: slide, label (or time + event), optional patient")
+    p.add_argument("--features", type=Path, nargs="+", required=True, help="feature files (.h5) or folders of them")
+    p.add_argument("--model", type=Path, default=None, help="CARE checkpoint (not needed for --input mean or abmil)")
+    p.add_argument("--untrained", type=int, default=None, metavar="SEED", help="an untrained CARE (random weights, seed)")
+    p.add_argument("--protocol", choices=["lr", "knn", "survival", "abmil"], default="lr",
+                   help="lr: logistic regression, knn, survival: penalised Cox, abmil: ABMIL baseline (default lr)")
+    p.add_argument("--input", choices=["slide", "roi", "mean"], default="slide",
+                   help="slide embedding, ROI feature, or mean-pooled patch features (baseline); default slide")
+    p.add_argument("--splits", type=Path, default=None, help="folder of splits_<k>.csv to reuse (the CARE authors' layout)")
+    p.add_argument("--folds", type=int, default=5, help="folds when making splits (default 5)")
+    p.add_argument("--no-val", action="store_true", help="no validation split: C = 0.5 / default k (80/20 splits)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the splits (default 0)")
+    p.add_argument("--annotations", type=Path, default=None,
+                   help="folder of <slide>.geojson (QuPath) or .xml (ASAP): train a region classifier on region embeddings")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+@contextmanager
+def _plain_messages(command: str):
+    """Warnings as one line `care <command>: warning: ...` (no source lines); libraries' log chatter
+    (tifffile's notes on slide metadata) kept to errors."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"care {command}: warning: {message}", file=sys.stderr)
+
+    tiff_log = logging.getLogger("tifffile")
+    old_show, old_level = warnings.showwarning, tiff_log.level
+    warnings.showwarning = show
+    tiff_log.setLevel(logging.ERROR)
     try:
-        return args.func(args)
-    except CareError as exc:
-        print(f"care {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        yield
+    finally:
+        warnings.showwarning = old_show
+        tiff_log.setLevel(old_level)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `care` command; exit status 0 (all went well), 1 (some slides failed), 2 (an error stopped it),
+    130 (interrupted: temp files are removed, finished outputs kept)."""
+    args = build_parser().parse_args(argv)
+    with _plain_messages(args.command):
+        try:
+            return args.func(args)
+        except CareError as exc:
+            print(f"care {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"care {args.command}: interrupted; partial outputs removed (finished ones are kept)", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,174 @@
+"""Training configs: one dataclass per stage, loadable from TOML / YAML / JSON, unknown keys refused.
+
+Defaults carry a comment each; nested sections (``model``, ``views``, ``subwsi``) are plain tables in
+the file. A run writes its resolved config (``config.json``) next to its outputs, and a resume refuses a
+folder whose config differs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from care_core.errors import TrainingConfigError
+
+__all__ = ["StageIConfig", "StageIIConfig", "load_config", "config_from_dict", "STAGES"]
+
+
+@dataclass
+class _Common:
+    """Fields every stage shares: optimisation, schedules, checkpoints, hardware."""
+
+    seed: int = 0  # seeds the model init, the data order and every view
+    batch_size: int = 32  # global batch (samples per optimiser step, summed over processes)
+    epochs: int = 100  # passes over the data; steps = epochs * (samples // batch_size)
+    lr: float = 5e-4  # peak learning rate (after warm-up)
+    min_lr: float = 1e-6  # end of the cosine decay
+    warmup_epochs: float = 10.0  # linear warm-up of the learning rate
+    weight_decay: float = 0.04  # start of the cosine weight-decay schedule
+    weight_decay_end: float = 0.4  # end of the cosine weight-decay schedule
+    clip_grad: float = 3.0  # max gradient norm (0 = off)
+    checkpoint_every: int = 500  # steps between training checkpoints (one is always written at the end)
+    keep_checkpoints: int = 2  # training checkpoints kept on disk (the newest ones)
+    log_every: int = 10  # steps between metric lines
+    num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
+    amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
+    model: dict = field(default_factory=dict)  # CARE config overrides (input_dim comes from the features)
+    init: str = ""  # CARE checkpoint to start from ('' = random init with `seed`)
+
+    def check(self) -> None:
+        for name in ("batch_size", "epochs", "checkpoint_every", "keep_checkpoints", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise TrainingConfigError(f"{name}={getattr(self, name)} must be a positive integer")
+        if not 0 < self.lr or self.min_lr < 0 or self.min_lr > self.lr:
+            raise TrainingConfigError(f"lr={self.lr}, min_lr={self.min_lr}: need 0 <= min_lr <= lr and lr > 0")
+        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+            raise TrainingConfigError(f"warmup_epochs={self.warmup_epochs} must lie in [0, epochs={self.epochs}]")
+        if self.num_workers < 0 or self.clip_grad < 0:
+            raise TrainingConfigError("num_workers and clip_grad must be >= 0")
+
+
+@dataclass
+class StageIConfig(_Common):
+    """Stage I: iBOT on feature grids (CARE_METHOD.md §3)."""
+
+    features: str = ""  # folder of patch-feature .h5 files (or a .txt listing one per line)
+    index: str = ""  # sub-WSI index file; built once from `features` when missing ('' = <run>/subwsi_index.h5)
+    subwsi: dict = field(default_factory=dict)  # SubWSIParams overrides (max_patches 360, eps, ...)
+    views: dict = field(default_factory=dict)  # ViewConfig overrides (crop sizes in grid cells, augmentations)
+    out_dim: int = 4096  # prototypes of the slide-embedding (DINO) head
+    patch_out_dim: int = 4096  # prototypes of the patch-token (masked-token) head
+    head_hidden: int = 2048  # hidden width of both projection heads
+    head_bottleneck: int = 256  # bottleneck before the prototypes
+    student_temp: float = 0.1  # sharpness of the student's softmax
+    teacher_temp: float = 0.07  # teacher softmax temperature after warm-up
+    warmup_teacher_temp: float = 0.04  # ... and at step 0
+    warmup_teacher_temp_epochs: float = 30.0  # linear teacher-temperature warm-up
+    center_momentum: float = 0.9  # EMA of the teacher-output centers
+    momentum_teacher: float = 0.996  # teacher EMA momentum at step 0, cosine to 1 at the end
+    lambda_ibot: float = 1.0  # weight of the masked-token loss against the cross-view loss
+
+    def check(self) -> None:
+        super().check()
+        if not (self.features or self.index):
+            raise TrainingConfigError("Stage I needs `features` (a folder of .h5 files) or an existing `index`")
+        if not 0 <= self.center_momentum < 1 or not 0 <= self.momentum_teacher <= 1:
+            raise TrainingConfigError("center_momentum must lie in [0, 1) and momentum_teacher in [0, 1]")
+        if min(self.student_temp, self.teacher_temp, self.warmup_teacher_temp) <= 0:
+            raise TrainingConfigError("temperatures must be > 0")
+
+
+@dataclass
+class StageIIConfig(_Common):
+    """Stage II: alignment of slide embeddings to RNA or protein profiles (CARE_METHOD.md §4).
+
+    The curriculum is two runs: ``modality = "rna"`` from the Stage I checkpoint, then
+    ``modality = "protein"`` from the RNA run's checkpoint.
+    """
+
+    table: str = ""  # CSV: slide, features (.h5 path, relative to the CSV), sample_id
+    rna: str = ""  # expression matrix (samples x genes): CSV, Parquet or .h5ad
+    protein: str = ""  # protein matrix (samples x proteins): CSV, Parquet or .h5ad
+    genes: str = ""  # gene panel: a gene list (.txt) or gene sets (.gmt); '' = the shipped Hallmark panel
+    modality: str = "rna"  # rna | protein
+    max_patches: int = 4096  # a slide with more patches is cut to a compact crop of this many per step
+    mol_dim: int = 256  # width of the RNA / protein encoder
+    mol_depth: int = 2  # transformer blocks of the molecular encoder
+    mol_heads: int = 4
+    proj_dim: int = 256  # shared space of the CLIP heads
+    init_temperature: float = 0.07  # InfoNCE temperature at step 0 (learnable, clamped)
+    gene_vectors: str = ""  # optional per-gene identity vectors (.safetensors / .npz with names)
+    protein_vectors: str = ""  # optional per-protein identity vectors
+    top_proteins: int = 10  # proteins per sample (the most abundant)
+    lr: float = 1e-4
+    warmup_epochs: float = 2.0
+    weight_decay: float = 0.05
+    weight_decay_end: float = 0.05
+
+    def check(self) -> None:
+        super().check()
+        if self.modality not in ("rna", "protein"):
+            raise TrainingConfigError(f"modality={self.modality!r} must be 'rna' or 'protein'")
+        if not self.table:
+            raise TrainingConfigError("Stage II needs `table` (CSV: slide, features, sample_id)")
+        if not getattr(self, self.modality):
+            raise TrainingConfigError(f"modality={self.modality!r} needs the `{self.modality}` matrix file")
+
+
+STAGES = {"1": StageIConfig, "2": StageIIConfig}
+
+
+def config_from_dict(stage: str, values: dict) -> _Common:
+    """Build the config of ``stage`` ('1' | '2'); unknown keys are a TrainingConfigError listing the valid ones."""
+    cls = STAGES[str(stage)]
+    if not isinstance(values, dict):
+        raise TrainingConfigError(f"a Stage {stage} config must be a table of keys, got {type(values).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise TrainingConfigError(f"unknown Stage {stage} config key(s) {unknown}; valid keys: {sorted(known)}")
+    try:
+        cfg = cls(**values)
+    except TypeError as exc:
+        raise TrainingConfigError(f"Stage {stage} config: {exc}") from exc
+    for f in fields(cls):  # ill-typed values (e.g. batch_size = "abc") fail here, not mid-run
+        value, default = getattr(cfg, f.name), f.default
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TrainingConfigError(f"{f.name}={value!r} must be a number")
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise TrainingConfigError(f"{f.name}={value!r} must be a string")
+    cfg.check()
+    return cfg
+
+
+def load_config(path: str | Path, stage: str, overrides: dict | None = None) -> _Common:
+    """Read a TOML (``.toml``), YAML (``.yaml``/``.yml``) or JSON config file for ``stage``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise TrainingConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            values = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            values = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 — every parser's error becomes one line naming the file
+        raise TrainingConfigError(f"{path} is not a valid {path.suffix.lstrip('.') or 'JSON'} file: {exc}") from exc
+    try:
+        return config_from_dict(stage, {**values, **(overrides or {})}) if isinstance(values, dict) else config_from_dict(stage, values)
+    except TrainingConfigError as exc:
+        raise TrainingConfigError(f"{path}: {exc}") from exc
+
+
+def to_dict(cfg: _Common) -> dict:
+    return asdict(cfg)

@@ -1,0 +1,237 @@
+"""What each stage gives the trainer: its samples, its objective (with the CARE inside) and its schedules.
+
+Stage I (iBOT): samples are the views of one sub-WSI. Stage II (alignment): samples are one slide's
+features (a compact crop of at most ``max_patches``) with its RNA or protein vector.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from care_core.errors import FeatureMismatchError, TrainingConfigError
+
+__all__ = ["StageSetup", "build_stage", "feature_files"]
+
+
+@dataclass
+class StageSetup:
+    n_samples: int
+    make_sample: object  # picklable callable (index, epoch) -> sample
+    objective: object  # nn.Module: forward(batch, sched) -> (loss, logs); trainable(); export_model()
+    schedule: object  # (step, total, per_epoch) -> dict of per-step values
+    export_meta: dict  # encoder / feature_mpp / patch_px for the final CARE checkpoint
+    source: str  # what the samples come from (for messages)
+    counts: dict = field(default_factory=dict)  # reported in the start event (e.g. samples skipped)
+
+
+def feature_files(spec: str) -> list[Path]:
+    """The .h5 files of a folder, or the files listed (one a line, relative to the list) in a .txt file."""
+    p = Path(spec)
+    if p.is_dir():
+        files = sorted(p.glob("*.h5"))
+    elif p.suffix == ".txt" and p.is_file():
+        files = [(p.parent / line.strip()) for line in p.read_text().splitlines() if line.strip()]
+    else:
+        raise TrainingConfigError(f"features={spec!r} is neither a folder of .h5 files nor a .txt list of them")
+    if not files:
+        raise TrainingConfigError(f"{p} holds no .h5 feature files; extract them with `care extract` first")
+    return files
+
+
+def _feature_meta(path: Path) -> dict:
+    from care_core.features import load_features
+
+    pf = load_features(path)
+    return {"encoder": pf.encoder or "", "feature_mpp": pf.mpp, "patch_px": pf.patch_px}
+
+
+def _care(cfg, input_dim: int, source: str):
+    """The CARE to train: from ``cfg.init`` (its architecture) or a seeded init of ``cfg.model``."""
+    from care_core.model import CARE, load_checkpoint
+
+    if cfg.init:
+        model = load_checkpoint(cfg.init).train()
+        if cfg.model:
+            raise TrainingConfigError(f"init={cfg.init!r} fixes the architecture; remove the `model` overrides {sorted(cfg.model)}")
+        if model.config.input_dim != input_dim:
+            raise FeatureMismatchError(
+                f"init checkpoint {cfg.init} expects {model.config.input_dim}-d features but {source} holds "
+                f"{input_dim}-d ones; use features of the encoder it was trained on"
+            )
+        return model
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            return CARE({**cfg.model, "input_dim": input_dim})
+    except ValueError as exc:
+        raise TrainingConfigError(f"model overrides {cfg.model}: {exc}") from exc
+
+
+# ------------------------------------------------------------------------------------------- Stage I
+class _SubWSIViews:
+    """Views of sub-WSI i in an epoch (picklable for DataLoader workers)."""
+
+    def __init__(self, dataset, views) -> None:
+        self.dataset, self.views = dataset, views
+
+    def __call__(self, i: int, epoch: int):
+        from care_core.train.data import make_views
+
+        features, grid = self.dataset[i]
+        return make_views(features, grid, self.views, self.dataset.rng(i, epoch))
+
+
+def _stage1(cfg, run_dir: Path) -> StageSetup:
+    from care_core.train.data import SubWSIDataset, ViewConfig, check_view_config
+    from care_core.train.ibot import IBOTObjective
+    from care_core.train.subwsi import SubWSIIndex, build_subwsi_index
+
+    index_path = Path(cfg.index) if cfg.index else run_dir / "subwsi_index.h5"
+    try:
+        views = ViewConfig(**cfg.views)
+    except TypeError as exc:
+        raise TrainingConfigError(f"views: {exc}") from exc
+    if cfg.features:
+        index = build_subwsi_index(feature_files(cfg.features), index_path, **cfg.subwsi)
+    elif index_path.is_file():
+        index = SubWSIIndex.load(index_path)
+    else:
+        raise TrainingConfigError(f"index {index_path} does not exist and no `features` folder is given to build it")
+    check_view_config(views, index)
+    objective = IBOTObjective(_care(cfg, index.dim, str(index_path)), cfg)
+
+    def schedule(step: int, total: int, per_epoch: int) -> dict:
+        warm = cfg.warmup_teacher_temp_epochs * per_epoch
+        temp = cfg.teacher_temp if step >= warm else cfg.warmup_teacher_temp + (cfg.teacher_temp - cfg.warmup_teacher_temp) * step / warm
+        momentum = 1 - (1 - cfg.momentum_teacher) * (math.cos(math.pi * step / total) + 1) / 2
+        return {"teacher_temp": float(temp), "momentum": float(momentum)}
+
+    return StageSetup(
+        n_samples=len(index),
+        make_sample=_SubWSIViews(SubWSIDataset(index, seed=cfg.seed), views),
+        objective=objective,
+        schedule=schedule,
+        export_meta=_feature_meta(index.slide_paths[0]),
+        source=str(index_path),
+    )
+
+
+# ------------------------------------------------------------------------------------------- Stage II
+def compact_crop(grid: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted rows of the ``n`` patches nearest (grid distance) to a random patch: a compact piece of tissue."""
+    if len(grid) <= n:
+        return np.arange(len(grid))
+    centre = grid[rng.integers(len(grid))]
+    d = ((grid - centre) ** 2).sum(1)
+    return np.sort(np.argsort(d, kind="stable")[:n])
+
+
+class _SlideWithProfile:
+    """(features, grid, molecular vector) of pair i; a slide larger than ``max_patches`` is cropped per epoch."""
+
+    def __init__(self, files: list[Path], vectors: list[np.ndarray], max_patches: int, seed: int) -> None:
+        self.files, self.vectors, self.max_patches, self.seed = files, vectors, max_patches, seed
+
+    def __call__(self, i: int, epoch: int):
+        from care_core.features import load_features
+
+        pf = load_features(self.files[i])
+        grid = pf.grid_indices()
+        rows = compact_crop(grid, self.max_patches, np.random.default_rng([self.seed, epoch, i]))
+        return np.ascontiguousarray(pf.features[rows], dtype=np.float32), grid[rows], self.vectors[i]
+
+
+class AlignObjective(nn.Module):
+    """Stage II: symmetric InfoNCE between projected slide and molecular embeddings, + lambda_RSL L_RSL.
+
+    batch: list of (features [n, D], grid [n, 2], profile [G]). Under torchrun the negatives come from the
+    global batch (``clip_loss(gather=True)``).
+    """
+
+    def __init__(self, care: nn.Module, mol_encoder: nn.Module, cfg) -> None:
+        from care_core.train.clip import ClipHead, LogitScale
+
+        super().__init__()
+        self.student = nn.ModuleDict({
+            "care": care,
+            "slide_proj": ClipHead(care.config.embed_dim, cfg.proj_dim),
+            "mol": mol_encoder,
+            "mol_proj": ClipHead(cfg.mol_dim, cfg.proj_dim),
+            "logit_scale": LogitScale(cfg.init_temperature),
+        })
+
+    def trainable(self) -> nn.Module:
+        return self.student
+
+    def export_model(self) -> nn.Module:
+        return self.student["care"]
+
+    def forward(self, batch: list, sched: dict) -> tuple[torch.Tensor, dict]:
+        import torch.distributed as dist
+
+        from care_core.train.clip import clip_loss
+
+        s = self.student
+        out = s["care"]([torch.from_numpy(f) for f, _, _ in batch], [g for _, g, _ in batch], return_patch_tokens=False)
+        dev = out.slide_embedding.device
+        a = s["slide_proj"](out.slide_embedding.float())
+        b = s["mol_proj"](s["mol"](torch.from_numpy(np.stack([v for _, _, v in batch])).to(dev)).float())
+        scale = s["logit_scale"]()
+        gather = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        loss_clip = clip_loss(a, b, scale, gather=gather)
+        loss_rsl = out.rsl_loss.mean()
+        loss = loss_clip + s["care"].config.lambda_rsl * loss_rsl
+        with torch.no_grad():
+            top1 = (a @ b.T).argmax(1).eq(torch.arange(len(a), device=dev)).float().mean()
+        return loss, {
+            "loss": float(loss.detach()), "loss_clip": float(loss_clip.detach()), "loss_rsl": float(loss_rsl.detach()),
+            "rsl_E": float(out.rsl.detach().mean()), "temperature": float(1 / scale.detach()), "batch_top1": float(top1),
+        }
+
+
+def _stage2(cfg, run_dir: Path) -> StageSetup:
+    from care_core.train.expression import load_molecular
+    from care_core.train.molecular import ProteinEncoder, RNAEncoder
+
+    table = Path(cfg.table)
+    if cfg.modality == "rna":
+        data = load_molecular(table, rna=cfg.rna, genes=cfg.genes or None)
+        pairs, skipped = data.rna, data.skipped_rna
+    else:
+        data = load_molecular(table, protein=cfg.protein)
+        pairs, skipped = data.protein, data.skipped_protein
+    if not pairs:
+        raise TrainingConfigError(f"{table}: no slide has a {cfg.modality} profile; check the sample ids")
+    files = sorted(pairs)
+    first = _feature_meta(files[0])
+    from care_core.features import load_features
+
+    dim = load_features(files[0]).dim
+    care = _care(cfg, dim, str(table))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 1)
+        if cfg.modality == "rna":
+            mol = RNAEncoder(data.genes, dim=cfg.mol_dim, depth=cfg.mol_depth, heads=cfg.mol_heads, init_vectors=cfg.gene_vectors or None)
+        else:
+            mol = ProteinEncoder(data.proteins, dim=cfg.mol_dim, depth=cfg.mol_depth, heads=cfg.mol_heads, top_k=cfg.top_proteins,
+                                 init_vectors=cfg.protein_vectors or None)
+        objective = AlignObjective(care, mol, cfg)
+    return StageSetup(
+        n_samples=len(files),
+        make_sample=_SlideWithProfile(files, [pairs[f] for f in files], cfg.max_patches, cfg.seed),
+        objective=objective,
+        schedule=lambda step, total, per_epoch: {},
+        export_meta=first,
+        source=str(table),
+        counts={f"skipped_no_{cfg.modality}": skipped},
+    )
+
+
+def build_stage(stage: str, cfg, run_dir: Path) -> StageSetup:
+    return {"1": _stage1, "2": _stage2}[str(stage)](cfg, run_dir)

@@ -1,0 +1,371 @@
+"""One trainer for every stage: schedules, AdamW, checkpoints with exact resume, DDP, progress events.
+
+``train(config, run_dir)`` is a generator of ``TrainEvent``s (the CLI's progress bar and the napari
+widget consume the same events) and returns the path of the final CARE checkpoint. The stage decides
+the data and the objective (``stages.py``); everything else is shared.
+
+The run folder holds
+    config.json         the resolved config and the package version (a resume must match it)
+    metrics.jsonl       one JSON object per logged step (and TensorBoard events when installed)
+    checkpoints/        step_XXXXXXXX.pt training states (model, optimiser, EMA, centres, RNG, step),
+                        written atomically every ``checkpoint_every`` steps and at the end
+    care.safetensors    the final CARE checkpoint (+ care.json), readable by ``load_checkpoint``
+
+Exact resume: the data order and every view are functions of (seed, epoch, sample index), so a
+checkpoint only needs the step; with the model, optimiser, EMA, centres and torch RNG states restored,
+a resumed CPU run reproduces an uninterrupted one bit for bit.
+
+Multi-GPU / multi-node: under ``torchrun`` each process takes every WORLD_SIZE-th sample of the global
+batch; gradients are averaged with one all-reduce of a flattened buffer per step (no DDP wrapper: CARE's
+graph changes with each batch, e.g. the mask token is unused when no patch is masked).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from care_core.errors import TrainingConfigError, TrainingError
+
+__all__ = ["TrainEvent", "train", "cosine_schedule", "latest_checkpoint"]
+
+
+@dataclass
+class TrainEvent:
+    """Progress of a run. kind: start | step | checkpoint | end. eta_s: seconds left (None before the first step)."""
+
+    kind: str
+    step: int
+    total_steps: int
+    epoch: int = 0
+    metrics: dict = field(default_factory=dict)
+    lr: float = 0.0
+    samples_per_s: float = 0.0
+    eta_s: float | None = None
+    path: str | None = None
+
+
+def cosine_schedule(step: int, total: int, start: float, end: float, warmup_steps: int = 0, warmup_from: float = 0.0) -> float:
+    """Linear warm-up from ``warmup_from`` to ``start`` over ``warmup_steps``, then cosine from ``start`` to ``end``."""
+    if step < warmup_steps:
+        return warmup_from + (start - warmup_from) * step / warmup_steps
+    span = max(total - warmup_steps, 1)
+    t = min(step - warmup_steps, span) / span
+    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * t))
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest ``checkpoints/step_*.pt`` of a run folder (None when there is none)."""
+    found = sorted(Path(run_dir, "checkpoints").glob("step_*.pt"))
+    return found[-1] if found else None
+
+
+# ----------------------------------------------------------------------------------------------- processes
+def _dist():
+    """(rank, world) of the torchrun process group, initialising it from the environment when needed."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        import torch
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingConfigError(f"device={name!r} but no CUDA device is visible; use device = 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def _all_reduce_grads(params: list, world: int) -> None:
+    """Average the gradients of ``params`` over processes with one flattened all-reduce."""
+    if world == 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    a = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[a : a + n].view_as(p)
+        a += n
+
+
+def _any_nonfinite(x: float, world: int) -> bool:
+    bad = not math.isfinite(x)
+    if world == 1:
+        return bad
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([float(bad)])
+    dist.all_reduce(flag)
+    return bool(flag.item())
+
+
+# ----------------------------------------------------------------------------------------------- data order
+def step_samples(step: int, n_samples: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> tuple[int, np.ndarray]:
+    """(epoch, sample indices of this process) for optimiser step ``step``: a seeded permutation per epoch,
+    consecutive batches of ``batch_size``, and every ``world``-th sample of a batch for process ``rank``."""
+    per_epoch = n_samples // batch_size
+    epoch, pos = divmod(step, per_epoch)
+    perm = np.random.default_rng([int(seed), int(epoch), 0x5EED]).permutation(n_samples)
+    return epoch, perm[pos * batch_size : (pos + 1) * batch_size][rank::world]
+
+
+class _StepData:
+    """Map-style dataset over (epoch, sample) pairs; a DataLoader batch sampler lists the pairs of each step."""
+
+    def __init__(self, make_sample) -> None:
+        self.make_sample = make_sample
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, i = key
+        return self.make_sample(int(i), int(epoch))
+
+
+def _loader(make_sample, start: int, total: int, n_samples: int, cfg, rank: int, world: int):
+    from torch.utils.data import DataLoader
+
+    batches = [[(e, int(i)) for i in idx] for e, idx in (step_samples(s, n_samples, cfg.batch_size, cfg.seed, rank, world) for s in range(start, total))]
+    return DataLoader(
+        _StepData(make_sample), batch_sampler=batches, collate_fn=list, num_workers=cfg.num_workers,
+        persistent_workers=False, prefetch_factor=2 if cfg.num_workers else None,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+def _save_state(path: Path, state: dict) -> None:
+    import torch
+
+    from care_core._atomic import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_state(path: Path) -> dict:
+    import torch
+
+    try:  # weights_only: tensors, numbers, strings and containers only, never code
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 — a truncated or foreign file gets one line
+        raise TrainingConfigError(f"{path}: not a readable training checkpoint ({exc}); delete it to resume from the one before") from exc
+
+
+def _prune(run_dir: Path, keep: int) -> None:
+    for old in sorted(Path(run_dir, "checkpoints").glob("step_*.pt"))[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+def _config_record(cfg, stage: str) -> dict:
+    from care_core import __version__
+
+    return {"stage": stage, "config": asdict(cfg), "package_version": __version__}
+
+
+def _check_run_dir(run_dir: Path, record: dict, resume: bool) -> None:
+    cfg_path = run_dir / "config.json"
+    if resume:
+        if not cfg_path.is_file():
+            raise TrainingConfigError(f"{run_dir} holds no run to resume (no config.json); start it without --resume")
+        try:
+            old = json.loads(cfg_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise TrainingConfigError(f"{cfg_path} is unreadable ({exc}); it cannot be resumed") from exc
+        if old.get("stage") != record["stage"]:
+            raise TrainingConfigError(f"{run_dir} is a Stage {old.get('stage')} run, not Stage {record['stage']}; resume it with --stage {old.get('stage')}")
+        diff = sorted(k for k in set(old["config"]) | set(record["config"]) if old["config"].get(k) != record["config"].get(k))
+        if diff:
+            raise TrainingConfigError(
+                f"{run_dir} was started with another config (differs in {diff}); resume it with its own config.json "
+                "or start a new run folder"
+            )
+    elif cfg_path.exists() or latest_checkpoint(run_dir) is not None:
+        raise TrainingConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another folder")
+
+
+# ----------------------------------------------------------------------------------------------- the loop
+def train(cfg, run_dir: str | Path, *, stage: str | None = None, resume: bool = False) -> Iterator[TrainEvent]:
+    """Run (or resume) a training job; yields ``TrainEvent``s and returns the final CARE checkpoint path.
+
+    stage: '1' | '2' (default: from the config's type). Everything that can be wrong with the config, the
+    data or the run folder is a TrainingConfigError before the first step; a NaN/Inf loss stops with a
+    TrainingError and leaves the last good checkpoint in place.
+    """
+    import torch
+
+    from care_core._atomic import atomic_path, check_output_dir
+    from care_core.model import save_checkpoint
+    from care_core.train.stages import build_stage
+
+    run_dir = Path(run_dir)
+    stage = stage or {"StageIConfig": "1", "StageIIConfig": "2"}[type(cfg).__name__]
+    cfg.check()
+    rank, world = _dist()
+    if cfg.batch_size % world:
+        raise TrainingConfigError(f"batch_size={cfg.batch_size} must be a multiple of the {world} processes")
+    device = _device(cfg.device)
+    record = _config_record(cfg, stage)
+    check_output_dir(run_dir)
+    _check_run_dir(run_dir, record, resume)
+    torch.manual_seed(cfg.seed)  # heads and encoders built by the stage: the same init on every process and run
+    setup = build_stage(stage, cfg, run_dir)  # data, objective (model inside), export metadata
+    n_samples = setup.n_samples
+    if n_samples < cfg.batch_size:
+        raise TrainingConfigError(f"{setup.source}: {n_samples} training samples, fewer than batch_size={cfg.batch_size}; lower batch_size")
+    per_epoch = n_samples // cfg.batch_size
+    total = cfg.epochs * per_epoch
+    warmup = int(round(cfg.warmup_epochs * per_epoch))
+    objective = setup.objective.to(device)
+    student = objective.trainable()
+    params = [p for p in student.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2 and p.numel() > p.shape[-1]]  # weights; not biases, norms, tokens
+    no_decay = [p for p in params if not (p.ndim >= 2 and p.numel() > p.shape[-1])]
+    opt = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+
+    start = 0
+    if resume and (ckpt := latest_checkpoint(run_dir)) is not None:
+        state = _load_state(ckpt)
+        objective.load_state_dict(state["objective"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        if torch.cuda.is_available() and state.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        start = int(state["step"])
+    if rank == 0 and not resume:
+        with atomic_path(run_dir / "config.json") as tmp:
+            tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+    metrics_path = run_dir / "metrics.jsonl"
+    if rank == 0 and resume and metrics_path.exists():  # drop the lines logged after the checkpoint we resume from
+        kept = [ln for ln in metrics_path.read_text().splitlines() if ln.strip() and _logged_step(ln) <= start]
+        with atomic_path(metrics_path) as tmp:
+            tmp.write_text("".join(ln + "\n" for ln in kept))
+    tb = _tensorboard(run_dir) if rank == 0 else None
+    use_amp = device.type == "cuda" and cfg.amp
+
+    def checkpoint(step: int) -> Path:
+        path = run_dir / "checkpoints" / f"step_{step:08d}.pt"
+        if rank == 0:
+            _save_state(path, {
+                "step": step,
+                "objective": objective.state_dict(),
+                "optimizer": opt.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            })
+            _prune(run_dir, cfg.keep_checkpoints)
+        return path
+
+    yield TrainEvent("start", start, total, start // per_epoch, metrics=dict(setup.counts))
+    t0, done_at_t0 = time.perf_counter(), start
+    objective.train()
+    for step, batch in enumerate(_loader(setup.make_sample, start, total, n_samples, cfg, rank, world), start=start):
+        epoch = step // per_epoch
+        lr = cosine_schedule(step, total, cfg.lr, cfg.min_lr, warmup)
+        wd = cosine_schedule(step, total, cfg.weight_decay, cfg.weight_decay_end)
+        opt.param_groups[0]["lr"], opt.param_groups[1]["lr"] = lr, lr
+        opt.param_groups[0]["weight_decay"] = wd
+        sched = setup.schedule(step, total, per_epoch)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss, logs = objective(batch, sched)
+        if _any_nonfinite(float(loss.detach()), world):
+            last = latest_checkpoint(run_dir)
+            raise TrainingError(
+                f"step {step}: the loss is {float(loss.detach())} (not finite); the run stopped and "
+                f"{'its last good checkpoint ' + str(last) + ' is intact' if last else 'no checkpoint was written yet'}; "
+                "lower lr or check the features for extreme values"
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        _all_reduce_grads(params, world)
+        if cfg.clip_grad > 0:
+            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad))
+        opt.step()
+        if hasattr(objective, "update_teacher"):
+            objective.update_teacher(sched["momentum"])
+        done = step + 1
+        rate = (done - done_at_t0) * cfg.batch_size / max(time.perf_counter() - t0, 1e-9)
+        eta = (total - done) * cfg.batch_size / rate if rate > 0 else None
+        if done % cfg.log_every == 0 or done == total or done == start + 1:
+            row = {"step": done, "epoch": epoch, "lr": lr, "weight_decay": wd, "samples_per_s": rate, **logs,
+                   **{k: v for k, v in sched.items() if isinstance(v, float)}}
+            if rank == 0:
+                with open(metrics_path, "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                if tb is not None:
+                    for k, v in row.items():
+                        tb.add_scalar(k, v, done)
+            yield TrainEvent("step", done, total, epoch, logs, lr, rate, eta)
+        if done % cfg.checkpoint_every == 0 and done < total:
+            yield TrainEvent("checkpoint", done, total, epoch, path=str(checkpoint(done)))
+    checkpoint(total)
+    out = run_dir / "care"
+    if rank == 0:
+        model = objective.export_model()
+        save_checkpoint(model, out, **setup.export_meta, extra={"stage": stage, "steps": total, "run": run_dir.name})
+    if tb is not None:
+        tb.close()
+    yield TrainEvent("end", total, total, cfg.epochs, path=str(out) + ".safetensors")
+    return out.with_suffix(".safetensors")
+
+
+def _logged_step(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):  # a line cut by a kill
+        return 1 << 62
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def pretrain(run_dir: str | Path, *, stage: str | None = None, config: str | Path | None = None,
+             resume: bool = False) -> Iterator[TrainEvent]:
+    """``care pretrain``: start ``run_dir`` from a config file, or resume it (from its own config.json when
+    ``config`` is None; a given config must equal it). Yields the events of ``train``."""
+    from care_core.train.config import config_from_dict, load_config
+
+    run_dir = Path(run_dir)
+    if config is None:
+        if not resume:
+            raise TrainingConfigError("a new run needs --config FILE")
+        try:
+            record = json.loads((run_dir / "config.json").read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise TrainingConfigError(f"{run_dir / 'config.json'}: cannot read the run's config ({exc}); pass --config") from exc
+        if stage is not None and str(stage) != record["stage"]:
+            raise TrainingConfigError(f"{run_dir} is a Stage {record['stage']} run, not Stage {stage}")
+        stage, cfg = record["stage"], config_from_dict(record["stage"], record["config"])
+    else:
+        if stage is None:
+            raise TrainingConfigError("--stage 1 or 2 is needed with --config")
+        cfg = load_config(config, str(stage))
+    return (yield from train(cfg, run_dir, stage=str(stage), resume=resume))
