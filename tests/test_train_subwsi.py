@@ -112,6 +112,12 @@ def test_changed_or_missing_feature_file_is_refused(tmp_path):
     b = write(tmp_path / "b.h5", block(0, 0, 5, 5))
     out = tmp_path / "idx.h5"
     build_subwsi_index([a, b], out)
+    st = os.stat(a)
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # touched: same size, other mtime
+    with pytest.raises(TrainingConfigError, match=r"a\.h5 changed on disk"):
+        SubWSIIndex.load(out)
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
+    SubWSIIndex.load(out)
     write(tmp_path / "b.h5", block(0, 0, 6, 6))  # re-extracted: other size
     with pytest.raises(TrainingConfigError, match=r"b\.h5 changed on disk .* rebuild the index"):
         SubWSIIndex.load(out)

@@ -5,7 +5,7 @@ A slide's grid is clustered with DBSCAN (scikit-learn, grid units); a cluster ov
 bisected along its longer axis at the median until every piece fits; pieces under `min_patches` are
 dropped. The index (`.h5`) holds a slides table (path relative to the index, size, mtime, grid origin and
 step) and, per sub-WSI, its slide, its grid extent and its sorted patch rows (flat int32 + offsets). The
-patch rows stay on disk: memory grows by 12 bytes per sub-WSI, not by the number of patches.
+patch rows stay on disk: a loaded index holds 20 bytes per sub-WSI, nothing per patch.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -206,10 +207,6 @@ class SubWSIIndex:
 
 
 # -- building -----------------------------------------------------------------------------------------
-def _slides_of(index: SubWSIIndex) -> list[str]:
-    return [str(p) for p in index.slide_paths]
-
-
 def build_subwsi_index(
     feature_files: Sequence[str | os.PathLike],
     out: str | os.PathLike,
@@ -231,12 +228,12 @@ def build_subwsi_index(
     out = Path(out).resolve()
     if not files:
         raise TrainingConfigError(f"{out}: no feature files to index; pass at least one .h5 feature file")
-    if len(set(files)) < len(files):
-        dup = next(p for p in files if files.count(p) > 1)
+    dup = next((p for p, n in Counter(files).items() if n > 1), None)
+    if dup is not None:
         raise TrainingConfigError(f"{dup} is listed twice for sub-WSI index {out}; list each feature file once")
     if out.exists() and not overwrite:
         old = SubWSIIndex.load(out)
-        if _slides_of(old) != [str(p) for p in files] or old.params != params:
+        if old.slide_paths != files or old.params != params:
             raise TrainingConfigError(
                 f"{out} exists and was built from other feature files or parameters; pass overwrite=True to "
                 "rebuild it or choose another index path"
@@ -245,6 +242,7 @@ def build_subwsi_index(
 
     first, slides, subwsi, rows = None, [], [], []  # per slide: table row; per sub-WSI: (slide, extent)
     for s, path in enumerate(files):
+        stat = _stat(path) if path.is_file() else None  # before reading: a later rewrite is caught
         grid, origin, step, dim, encoder = _read_grid(path)
         if first is None:
             first = (path, dim, encoder)
@@ -256,7 +254,7 @@ def build_subwsi_index(
         for piece in split_subwsis(grid, params):
             rows.append(piece.astype(np.int32))
             subwsi.append((s, *(np.ptp(grid[piece], axis=0) + 1)))
-        slides.append((_rel(path, out.parent), *_stat(path), *origin, step))
+        slides.append((_rel(path, out.parent), *stat, *origin, step))
     if not subwsi:
         raise TrainingConfigError(
             f"{out}: no sub-WSI of >= {min_patches} patches in {len(files)} feature file(s); lower min_patches"
