@@ -21,9 +21,10 @@ def blob(n_side: int, rng: np.random.Generator, keep: float = 0.7) -> np.ndarray
 
 
 def write_feature_cohort(folder: Path, n_slides: int = 4, *, n_side: int = 18, dim: int = 8, seed: int = 0,
-                         encoder: str = "stain-texture") -> list[Path]:
+                         encoder: str = "stain-texture", slide_shift: float = 0.0) -> list[Path]:
     """Feature files whose patches belong to two 'compartments' (left / right of a wavy boundary), each
-    with its own mean feature: structure a self-supervised model can pick up."""
+    with its own mean feature: structure a self-supervised model can pick up. slide_shift: scale of a
+    random per-slide offset of every feature (a slide-level signal to align with)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     means = rng.standard_normal((2, dim)).astype(np.float32) * 2
@@ -32,7 +33,8 @@ def write_feature_cohort(folder: Path, n_slides: int = 4, *, n_side: int = 18, d
         grid = blob(n_side, rng)
         boundary = n_side / 2 + 2 * np.sin(grid[:, 1] / 3 + s)
         comp = (grid[:, 0] > boundary).astype(int)
-        feats = means[comp] + rng.standard_normal((len(grid), dim)).astype(np.float32)
+        shift = rng.standard_normal(dim).astype(np.float32) * slide_shift
+        feats = means[comp] + shift + rng.standard_normal((len(grid), dim)).astype(np.float32)
         files.append(PatchFeatures(features=feats, coords=grid * 256, patch_size_level0=256, mpp=0.5, patch_px=256,
                                    encoder=encoder).save(folder / f"slide{s}.h5"))
     return [Path(f) for f in files]

@@ -98,7 +98,10 @@ def _stage1(cfg, run_dir: Path) -> StageSetup:
     except TypeError as exc:
         raise TrainingConfigError(f"views: {exc}") from exc
     if cfg.features:
-        index = build_subwsi_index(feature_files(cfg.features), index_path, **cfg.subwsi)
+        try:
+            index = build_subwsi_index(feature_files(cfg.features), index_path, **cfg.subwsi)
+        except TypeError as exc:
+            raise TrainingConfigError(f"subwsi: {exc}") from exc
     elif index_path.is_file():
         index = SubWSIIndex.load(index_path)
     else:
