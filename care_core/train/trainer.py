@@ -34,7 +34,7 @@ import numpy as np
 
 from care_core.errors import TrainingConfigError, TrainingError
 
-__all__ = ["TrainEvent", "train", "cosine_schedule", "latest_checkpoint"]
+__all__ = ["TrainEvent", "train", "pretrain", "load_run", "cosine_schedule", "latest_checkpoint", "step_samples"]
 
 
 @dataclass
@@ -369,3 +369,23 @@ def pretrain(run_dir: str | Path, *, stage: str | None = None, config: str | Pat
             raise TrainingConfigError("--stage 1 or 2 is needed with --config")
         cfg = load_config(config, str(stage))
     return (yield from train(cfg, run_dir, stage=str(stage), resume=resume))
+
+
+def load_run(run_dir: str | Path):
+    """(config, objective) of a run folder at its newest checkpoint, in eval mode: the trained heads and
+    encoders beside CARE (e.g. Stage II's molecular encoder and projections, for retrieval)."""
+    from care_core.train.config import config_from_dict
+    from care_core.train.stages import build_stage
+
+    run_dir = Path(run_dir)
+    try:
+        record = json.loads((run_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TrainingConfigError(f"{run_dir / 'config.json'}: not a run folder ({exc})") from exc
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise TrainingConfigError(f"{run_dir} has no training checkpoint yet")
+    cfg = config_from_dict(record["stage"], record["config"])
+    objective = build_stage(record["stage"], cfg, run_dir).objective
+    objective.load_state_dict(_load_state(ckpt)["objective"])
+    return cfg, objective.eval()
