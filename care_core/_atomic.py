@@ -72,10 +72,12 @@ def _is_disk_full(exc: BaseException | None) -> bool:
 def _disk_full_error(folder: Path, target: Path, needed: int | None) -> OutputError:
     free = shutil.disk_usage(folder).free
     need = f"needs about {_bytes(needed)}" if needed else "needs more"
-    return OutputError(
+    err = OutputError(
         f"disk full: {_mount_point(folder)} has {_bytes(free)} free but writing {target} {need}; "
         "free space there or choose another output folder (nothing was left half-written)"
     )
+    err.errno = errno.ENOSPC  # an enclosing atomic write restates it for its own file
+    return err
 
 
 def check_free_space(folder: str | os.PathLike, needed_bytes: int, target: str | os.PathLike) -> None:
@@ -149,7 +151,7 @@ def atomic_paths(paths: Sequence[str | os.PathLike], *, size_hint: int | None = 
         for tmp, path in zip(tmps, paths):
             os.replace(tmp, path)
     except BaseException as exc:
-        full = isinstance(exc, Exception) and not isinstance(exc, OutputError) and _is_disk_full(exc)
+        full = isinstance(exc, Exception) and _is_disk_full(exc)
         written = sum(t.stat().st_size for t in tmps if t.is_file()) if full else 0
         for tmp in tmps:
             _unlink_quietly(tmp)

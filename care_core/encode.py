@@ -1,4 +1,8 @@
-"""Encode feature files with CARE and write per-slide results (the library side of ``care encode``)."""
+"""Encode feature files with CARE and write per-slide results (the library side of ``care encode``).
+
+Each slide's five outputs are written as one set: all temp files first, then renamed together, so a
+failure (a full disk, an interrupt) leaves the slide's previous outputs or none, never a mix.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,13 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from care_core.errors import FeatureFileError, MissingWeightsError
+from care_core.errors import CareError, CheckpointError, FeatureFileError, MissingWeightsError, OutputError
 
-__all__ = ["encode_paths", "iter_encode_paths", "feature_files", "resolve_model", "OUTPUT_SUFFIXES"]
+__all__ = ["encode_paths", "iter_encode_paths", "feature_files", "resolve_model", "EncodeResult", "OUTPUT_SUFFIXES"]
 
 OUTPUT_SUFFIXES = ("_slide.npy", "_roi.npy", "_regions.csv", "_regions.geojson", "_encoding.npz")
 _FEATURE_SUFFIXES = (".h5", ".hdf5")
@@ -57,48 +62,102 @@ def resolve_model(model=None):
     return load_checkpoint(model)
 
 
+class EncodeResult(NamedTuple):
+    """One feature file's outcome: `written` paths (empty when skipped or failed), `error` (one line, "" when
+    it worked) and `note` (e.g. why it was skipped)."""
+
+    index: int
+    total: int
+    path: Path
+    written: list[Path]
+    error: str = ""
+    note: str = ""
+
+
+def _check_encoding(enc, path: Path) -> None:
+    """Refuse an encoding that would be written wrong (non-finite embedding or an ROI outside the regions)."""
+    n = enc.n_regions
+    if enc.roi is None or n is None or not 0 <= enc.roi < n:
+        raise CheckpointError(f"{path}: CARE chose ROI {enc.roi} of {n} regions; its weights are not finite, so the "
+                              "checkpoint is damaged or does not fit these features")
+    if not (np.isfinite(enc.slide_embedding).all() and np.isfinite(enc.region_embeddings).all()):
+        raise CheckpointError(f"{path}: CARE produced a non-finite embedding; the checkpoint is damaged or does not "
+                              "fit these features")
+
+
 def _write_slide(enc, stem: str, out_dir: Path) -> list[Path]:
-    from care_core._atomic import atomic_path
+    from care_core._atomic import atomic_paths, check_free_space
     from care_core.regions import write_geojson, write_region_csv
 
-    def save_npy(path: Path, array: np.ndarray) -> Path:
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+    def save_npy(path: Path, array: np.ndarray) -> None:
+        with open(path, "wb") as fh:
             np.save(fh, array)
-        return path
 
-    return [
-        save_npy(out_dir / f"{stem}_slide.npy", enc.slide_embedding),
-        save_npy(out_dir / f"{stem}_roi.npy", enc.roi_embedding),
-        write_region_csv(enc, out_dir / f"{stem}_regions.csv"),
-        write_geojson(enc, out_dir / f"{stem}_regions.geojson", name=stem),
-        enc.save_npz(out_dir / f"{stem}_encoding.npz"),
-    ]
+    paths = [out_dir / f"{stem}{suffix}" for suffix in OUTPUT_SUFFIXES]
+    arrays = (getattr(enc, k) for k in ("slide_embedding", "region_embeddings", "coords", "grid", "candidates"))
+    needed = 3 * sum(a.nbytes for a in arrays if a is not None) + (1 << 16)  # npz + npy + csv/geojson text
+    with atomic_paths(paths, size_hint=needed) as tmps:
+        check_free_space(out_dir, needed, paths[0])
+        save_npy(tmps[0], enc.slide_embedding)
+        save_npy(tmps[1], enc.roi_embedding)
+        write_region_csv(enc, tmps[2])
+        write_geojson(enc, tmps[3], name=stem)
+        enc.save_npz(tmps[4])
+    return paths
+
+
+def _encode_one(care, meta, path: Path, out: Path, allow_pickle: bool) -> tuple[list[Path], str]:
+    """Written paths and a note for one feature file; raises CareError for a bad file."""
+    from care_core.features import check_compatible, load_features
+    from care_core.model.checkpoint import check_features
+
+    features = load_features(path, allow_pickle=allow_pickle)
+    if features.n_patches == 0:  # `care extract` writes these for slides without tissue
+        warnings.warn(f"{path}: no patches (a slide without tissue); nothing to encode", stacklevel=3)
+        return [], "skipped (no patches)"
+    if meta is not None:
+        check_features(meta, features)
+    else:
+        check_compatible(features, dim=care.config.input_dim)
+    enc = care.encode(features)
+    _check_encoding(enc, path)
+    if meta is not None:
+        enc.meta["checkpoint_sha256"] = meta.sha256 or meta.tensors_sha256
+    return _write_slide(enc, path.stem, out), ""
 
 
 def iter_encode_paths(
-    inputs: Sequence[str | os.PathLike], model=None, out_dir: str | os.PathLike = ".", *, allow_pickle: bool = False
-) -> Iterator[tuple[int, int, Path, list[Path]]]:
-    """Generator form of ``encode_paths``: yields (index, total, feature file, written paths) per slide."""
-    from care_core.features import load_features
-    from care_core.model.checkpoint import check_features
+    inputs: Sequence[str | os.PathLike], model=None, out_dir: str | os.PathLike = ".", *, allow_pickle: bool = False,
+    keep_going: bool = False,
+) -> Iterator[EncodeResult]:
+    """Generator form of ``encode_paths``: yields an ``EncodeResult`` per feature file.
+
+    The output folder is checked (and temp files of killed runs removed) before the model is loaded.
+    keep_going: a file that fails (unreadable, NaN features, wrong encoder...) gives a result with its
+    one-line ``error`` and the next file goes on; otherwise the first failure raises. A full disk always
+    raises (every later slide would fail the same way).
+    """
+    from care_core._atomic import check_output_dir, remove_stale_temps
 
     files = feature_files(inputs, allow_pickle=allow_pickle)
+    out = check_output_dir(out_dir)
+    stale = remove_stale_temps(out)
+    if stale:
+        warnings.warn(f"{out}: removed {len(stale)} temp file(s) left by killed runs", stacklevel=2)
     care = resolve_model(model)
     meta = getattr(care, "checkpoint_meta", None)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     for i, path in enumerate(files):
-        features = load_features(path, allow_pickle=allow_pickle)
-        if features.n_patches == 0:  # `care extract` writes these for slides without tissue
-            warnings.warn(f"{path}: no patches (a slide without tissue); nothing to encode", stacklevel=2)
-            yield i, len(files), path, []
+        try:
+            written, note = _encode_one(care, meta, path, out, allow_pickle)
+        except OutputError:
+            raise
+        except Exception as exc:
+            if not keep_going:
+                raise
+            kind = "" if isinstance(exc, CareError) else f"{type(exc).__name__}: "
+            yield EncodeResult(i, len(files), path, [], kind + " ".join(str(exc).split()))
             continue
-        if meta is not None:
-            check_features(meta, features)
-        enc = care.encode(features)
-        if meta is not None:
-            enc.meta["checkpoint_sha256"] = meta.tensors_sha256
-        yield i, len(files), path, _write_slide(enc, path.stem, out)
+        yield EncodeResult(i, len(files), path, written, "", note)
 
 
 def encode_paths(
@@ -106,13 +165,14 @@ def encode_paths(
 ) -> list[Path]:
     """Encode every feature file in ``inputs`` (files or folders of .h5) and write, per slide ``<stem>``:
     ``_slide.npy`` (slide embedding [E]), ``_roi.npy`` (ROI feature [E]), ``_regions.csv``,
-    ``_regions.geojson`` (QuPath) and ``_encoding.npz`` (everything, ``SlideEncoding.load_npz``).
+    ``_regions.geojson`` (QuPath) and ``_encoding.npz`` (everything, ``SlideEncoding.load_npz``), as one set.
 
     model: a CARE, a checkpoint path (``.safetensors``/``.json`` pair), or None for the demo checkpoint.
     allow_pickle: also read the authors' pickled ``.npy`` feature files (they can run code).
-    Returns every written path, in order.
+    Returns every written path, in order; the first bad file raises (``iter_encode_paths(keep_going=True)``
+    goes on past it).
     """
     written: list[Path] = []
-    for *_, paths in iter_encode_paths(inputs, model, out_dir, allow_pickle=allow_pickle):
-        written.extend(paths)
+    for result in iter_encode_paths(inputs, model, out_dir, allow_pickle=allow_pickle):
+        written.extend(result.written)
     return written

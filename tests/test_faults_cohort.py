@@ -3,7 +3,14 @@ disk is one line that stops the run, a bad --out fails before any work, and one 
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -89,3 +96,45 @@ def test_bad_output_folder_fails_before_any_work(slides, tmp_path, no_cluster):
 def test_bad_output_folder_read_only(slides, readonly_dir, no_cluster):
     with pytest.raises(OutputError, match=r"cannot write in output folder .* \(Read-only file system\)"):
         run_cohort(slides[:1], readonly_dir, **KW)
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes of `pid`, started by any of its threads."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
+def _handles_sigint(pid: int) -> bool:
+    """False while `pid` ignores SIGINT (as during the cluster start)."""
+    ignored = next(line for line in open(f"/proc/{pid}/status") if line.startswith("SigIgn:"))
+    return not int(ignored.split()[1], 16) & (1 << (signal.SIGINT - 1))
+
+
+@pytest.mark.slow  # a real 2-worker cluster: ~20 s on 2 busy cores
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc to find the worker processes")
+def test_ctrl_c_on_a_cluster_run_is_one_line_and_leaves_no_temp_or_worker(tmp_path):
+    slides = [write_svs(tmp_path / f"c{i}.svs", tissue_image(3072, 3072, [(1536, 1536, 1400)], seed=i), mpp=0.5,
+                        n_levels=3) for i in range(3)]
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-c", "import sys; from care_core.cli import main; sys.exit(main())", "extract",
+           *map(str, slides), "--out", str(out), "--workers", "2"]
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and child.poll() is None and not (_children(child.pid) and _handles_sigint(child.pid)):
+        time.sleep(0.1)  # the cluster is up: workers exist and the parent takes Ctrl-C again
+    workers = _children(child.pid)
+    os.killpg(child.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    _, err = child.communicate(timeout=120)
+    assert workers and child.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "care extract: interrupted; partial outputs removed (finished ones are kept)"
+    assert "Traceback" not in err and "Error" not in err
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    for h5 in out.glob("*.h5"):  # whatever finished is complete
+        assert load_features(h5).n_patches > 0
+    time.sleep(1.0)
+    assert not [w for w in workers if os.path.exists(f"/proc/{w}") and "zombie" not in open(f"/proc/{w}/status").read()]

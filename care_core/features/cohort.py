@@ -13,8 +13,11 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import signal
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -269,13 +272,30 @@ def _disk_full(row: CohortRow) -> bool:
     return row.error.startswith("OutputError: disk full")
 
 
+@contextmanager
+def _quiet_cluster_start():
+    """Start worker processes with Ctrl-C ignored (inherited through exec), so that an interrupt reaches this
+    process only, which then closes the cluster (no worker tracebacks); a Ctrl-C during the few seconds of the
+    start is ignored. Outside the main thread, only the port notice is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Port .* is already in use")  # another cluster's; any port does
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, old)
+
+
 def _run_tasks(todo, cfg: dict, scheduler: str | None, n_workers: int, mpp_override, progress) -> dict[int, CohortRow]:
     import dask
     from distributed import Client, LocalCluster, as_completed
 
     cluster = None
     if scheduler is None:
-        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):  # a crashing slide is not retried
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}), _quiet_cluster_start():
             cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
                                    silence_logs=logging.ERROR)
     try:
