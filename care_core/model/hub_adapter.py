@@ -16,16 +16,13 @@ from care_core.errors import CheckpointError
 
 __all__ = ["AuthorsModelAdapter", "load_authors_model"]
 
-_EMBEDDING_KEYS = ("slide_embedding", "slide_embeds", "wsi_embedding", "pooler_output", "embedding")
-
-
 class AuthorsModelAdapter:
     """Wraps the authors' hub model so ``encode(PatchFeatures)`` returns a ``SlideEncoding``.
 
-    The released model is called as ``model(features [1, N, D], coords [1, N, 2])`` (level-0 px).
-    Only the slide embedding is read from its output (a tensor, or a mapping / attribute named one of
-    ``slide_embedding``, ``slide_embeds``, ``wsi_embedding``, ``pooler_output``, ``embedding``); the
-    fields it does not expose (regions, weights, ROI, RSL) are None.
+    The released model is called as its authors' loading example and TRIDENT's CARE wrapper call it:
+    ``model(features [B, N, D] float32, N_values [B] int64 (patches per slide), grid_indices [B, N, 2] int64)``
+    with grid indices = level-0 coords // patch side in level-0 px, and the slide embedding is read from
+    the output's ``wsi_embedding``. The fields it does not expose (regions, weights, ROI, RSL) are None.
     """
 
     def __init__(self, model, snapshot_dir: Path) -> None:
@@ -33,27 +30,34 @@ class AuthorsModelAdapter:
         self.snapshot_dir = snapshot_dir
 
     def _slide_embedding(self, output):
-        if hasattr(output, "detach"):
-            return output
-        for key in _EMBEDDING_KEYS:
-            value = output.get(key) if isinstance(output, dict) else getattr(output, key, None)
-            if value is not None:
-                return value
-        raise CheckpointError(
-            f"the model in {self.snapshot_dir} returned {type(output).__name__} without any of {_EMBEDDING_KEYS}; "
-            "this adapter does not know how to read its slide embedding"
-        )
+        value = output.get("wsi_embedding") if isinstance(output, dict) else getattr(output, "wsi_embedding", None)
+        if value is None:
+            raise CheckpointError(
+                f"the model in {self.snapshot_dir} returned {type(output).__name__} without `wsi_embedding`; it is not "
+                "the authors' CARE (or a version this adapter does not know)"
+            )
+        return value
+
+    def inputs(self, features):
+        """The three tensors of the authors' call for one slide: features [1, N, D], N_values [1], grid [1, N, 2]."""
+        import torch
+
+        features.check_values()
+        params = next(iter(self.model.parameters()), None)
+        device = params.device if params is not None else torch.device("cpu")
+        side = int(features.extra.get("patch_side_level0", features.patch_size_level0))  # TRIDENT divides by the side
+        x = torch.as_tensor(np.asarray(features.features, dtype=np.float32), device=device)[None]
+        n_values = torch.tensor([features.n_patches], dtype=torch.long, device=device)
+        grid = torch.as_tensor(np.asarray(features.coords, dtype=np.int64) // side, device=device)[None]
+        return x, n_values, grid
 
     def encode(self, features):
         import torch
 
         from care_core.model.encoding import SlideEncoding
 
-        device = next(self.model.parameters()).device
-        x = torch.as_tensor(np.asarray(features.features, dtype=np.float32), device=device)[None]
-        coords = torch.as_tensor(features.coords, device=device)[None]
         with torch.inference_mode():
-            z = self._slide_embedding(self.model(x, coords))
+            z = self._slide_embedding(self.model(*self.inputs(features)))
         return SlideEncoding(
             slide_embedding=z.detach().float().cpu().numpy().reshape(-1),
             coords=np.asarray(features.coords, dtype=np.int64),
