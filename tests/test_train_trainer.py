@@ -229,3 +229,14 @@ def test_two_gloo_processes_match_one(cohort, tmp_path):
     a, b = weights(tmp_path / "one" / "care.safetensors"), weights(tmp_path / "two" / "care.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_cli_bad_config_is_one_line_and_starts_nothing(cohort, tmp_path):
+    conf = write_config(tmp_path / "c.json", {**tiny_stage1(cohort), "lr_peak": 1.0})
+    res = cli("pretrain", "--stage", "1", "--config", conf, "--out", tmp_path / "run")
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "c.json: unknown Stage 1 config key(s) ['lr_peak']" in lines[0]
+    assert not (tmp_path / "run" / "config.json").exists()
+    res = cli("pretrain", "--resume", tmp_path / "nothing")
+    assert res.returncode == 2 and "cannot read the run's config" in res.stderr

@@ -1,0 +1,95 @@
+"""Stage I on a GPU: sub-WSIs/s, peak GPU memory and model FLOP utilisation at batch 32 / 64 / 128, bf16.
+
+The released CARE (768-d input, embed_dim 512) with iBOT heads (8192 prototypes each), 2 global + 6 local
+views of sub-WSIs of up to 360 patches (blob-shaped grids), views already in memory: this measures the
+model step, the ceiling the data path must feed. FLOPs per step are counted by torch's FlopCounterMode
+on the first step; utilisation = achieved FLOP/s over --peak-tflops (H100 SXM dense bf16: 989).
+
+    python bench/gpu_pretrain.py [--batches 32 64 128] [--steps 10] [--peak-tflops 989]
+    python bench/gpu_pretrain.py --device cpu --batches 2 --steps 2 --patches 120   # smoke run on a CPU
+
+Goal (issue): >= 500 sub-WSIs/s on one H100-class GPU and >= 35 % utilisation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batches", type=int, nargs="+", default=[32, 64, 128])
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--patches", type=int, default=360)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--peak-tflops", type=float, default=989.0)
+    ap.add_argument("--chunk-tokens", type=int, default=16384, help="CARE chunk_tokens (larger on a GPU)")
+    args = ap.parse_args()
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bench_care_train_step import blob_grid
+    from care_core.model import CARE
+    from care_core.train.config import config_from_dict
+    from care_core.train.data import ViewConfig, make_views
+    from care_core.train.ibot import IBOTObjective
+
+    dev = torch.device(args.device)
+    cfg = config_from_dict("1", {"features": ".", "out_dim": 8192, "patch_out_dim": 8192})
+    views_cfg = ViewConfig()
+    rng = np.random.default_rng(0)
+    pool = []
+    for _ in range(64):
+        grid = blob_grid(args.patches, rng)
+        pool.append(make_views(rng.standard_normal((len(grid), 768), dtype=np.float32), grid, views_cfg, rng))
+    torch.manual_seed(0)
+    obj = IBOTObjective(CARE(chunk_tokens=args.chunk_tokens), cfg).to(dev).train()
+    params = [p for p in obj.trainable().parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=dev.type == "cuda")
+    amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    print(f"device {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'}), views {views_cfg.n_global}+{views_cfg.n_local}, "
+          f"<= {args.patches} patches per sub-WSI")
+
+    def step(batch, count=False):
+        ctx = FlopCounterMode(display=False) if count else None
+        if ctx:
+            ctx.__enter__()
+        with torch.autocast(**amp):
+            loss, _ = obj(batch, {"teacher_temp": 0.04, "momentum": 0.996})
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 3.0)
+        opt.step()
+        obj.update_teacher(0.996)
+        if ctx:
+            ctx.__exit__(None, None, None)
+            return ctx.get_total_flops()
+        return None
+
+    for b in args.batches:
+        batch = [pool[i % len(pool)] for i in range(b)]
+        flops = step(batch, count=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(dev)
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            step(batch)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        dt = (time.perf_counter() - t0) / args.steps
+        peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else float("nan")
+        tflops = flops / dt / 1e12
+        print(f"batch {b:4d}: {b / dt:8.1f} sub-WSIs/s, {dt * 1000:8.1f} ms/step, peak {peak:6.1f} GiB, "
+              f"{flops / b / 1e9:6.1f} GFLOP per sub-WSI, {tflops:7.2f} TFLOP/s = {100 * tflops / args.peak_tflops:5.1f} % of peak")
+
+
+if __name__ == "__main__":
+    main()
