@@ -60,6 +60,23 @@ def test_rna_encoder_does_not_depend_on_panel_order_but_on_which_gene_has_which_
     assert (enc(swapped) - enc(x)).abs().max() > 1e-3
 
 
+def test_gene_subsets_in_training_and_every_gene_in_eval():
+    torch.manual_seed(9)
+    enc = RNAEncoder(GENES, dim=8, depth=0, heads=2, sample_genes=4)
+    x = _expr(2, 12)
+    torch.manual_seed(10)
+    keep = torch.randperm(12)[:4].sort().values  # the draw forward makes from the same generator state
+    torch.manual_seed(10)
+    got = enc(x)
+    want = enc.norm(enc.identity.weight[keep][None] + enc.value(x[:, keep, None])).mean(1)
+    torch.testing.assert_close(got, want)
+    enc.eval()
+    full = RNAEncoder(GENES, dim=8, depth=0, heads=2)
+    full.load_state_dict(enc.state_dict())
+    torch.testing.assert_close(enc(x), full(x))
+    assert RNAEncoder(**enc.config).sample_genes == 4
+
+
 def test_every_parameter_gets_a_gradient():
     torch.manual_seed(4)
     for enc, width in ((RNAEncoder(GENES, dim=8, depth=1, heads=2), 12),

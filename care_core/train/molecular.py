@@ -183,12 +183,17 @@ class RNAEncoder(_TokenEncoder):
     genes: the panel (e.g. `read_gene_panel()`, or `MolecularData.genes`). `forward(expr [B, G]) -> [B, dim]`
     takes log1p expression aligned to `genes` (`load_molecular` applies log1p; this module does not).
     Attention is over all G genes: cost grows as G² (about 1,300 genes in the shipped panel).
-    init_vectors: a local per-gene vector file (scGPT), see `load_named_vectors`.
+    sample_genes: in training mode, each forward encodes a random subset of this many genes (one subset for
+    the batch, drawn from torch's global generator), as scGPT trains on gene subsets; in eval mode, and
+    when None, every gene. init_vectors: a local per-gene vector file (scGPT), see `load_named_vectors`.
     """
 
     def __init__(self, genes: Sequence[str], *, dim: int = 256, depth: int = 2, heads: int = 4, mlp_ratio: float = 2.0,
-                 init_vectors: str | os.PathLike | None = None) -> None:
+                 sample_genes: int | None = None, init_vectors: str | os.PathLike | None = None) -> None:
+        if sample_genes is not None and sample_genes < 1:
+            raise ValueError(f"sample_genes={sample_genes} must be at least 1 (or None for every gene)")
         super().__init__(genes, "gene", dim, depth, heads, mlp_ratio, init_vectors)
+        self.sample_genes = None if sample_genes is None else int(sample_genes)
 
     @property
     def genes(self) -> list[str]:
@@ -196,10 +201,13 @@ class RNAEncoder(_TokenEncoder):
 
     @property
     def config(self) -> dict:
-        return {"genes": list(self.names), **super().config}
+        return {"genes": list(self.names), "sample_genes": self.sample_genes, **super().config}
 
     def forward(self, expr: Tensor) -> Tensor:
         self._check(expr)
+        if self.training and self.sample_genes is not None and self.sample_genes < expr.shape[1]:
+            keep = torch.randperm(expr.shape[1])[: self.sample_genes].sort().values.to(expr.device)
+            return self.encode_tokens(keep.expand(len(expr), -1), expr[:, keep]).mean(dim=1)
         return self.encode_tokens(None, expr).mean(dim=1)
 
 
