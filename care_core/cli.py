@@ -342,14 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
 @contextmanager
 def _plain_messages(command: str):
     """Warnings as one line `care <command>: warning: ...` (no source lines); libraries' log chatter
-    (tifffile's notes on slide metadata) kept to errors."""
+    (tifffile's notes on damaged files, which our own one-line error covers) silenced."""
     def show(message, category, filename, lineno, file=None, line=None) -> None:
         print(f"care {command}: warning: {message}", file=sys.stderr)
 
     tiff_log = logging.getLogger("tifffile")
     old_show, old_level = warnings.showwarning, tiff_log.level
     warnings.showwarning = show
-    tiff_log.setLevel(logging.ERROR)
+    tiff_log.setLevel(logging.CRITICAL)  # it logs damaged-file notes as errors; our own error says it
     try:
         yield
     finally:

@@ -76,3 +76,18 @@ def test_unknown_encoder_is_one_error_line(tmp_path, capsys):
     assert main(["extract", str(tmp_path / "s.svs"), "--encoder", "uni3", "--out", str(tmp_path / "f")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("care extract: error: unknown encoder 'uni3'; choose one of [") and "Traceback" not in err
+
+
+def test_truncated_slide_is_one_line_without_tifffile_log(tmp_path):
+    from slide_factory import tissue_image, truncate, write_svs
+
+    slide = truncate(write_svs(tmp_path / "t.svs", tissue_image(2048, 1536, [(1000, 760, 600)], seed=1), mpp=0.5,
+                               n_levels=2))
+    import subprocess
+    import sys
+
+    # a real process: pytest's log capture would hide the line tifffile logs about the broken page chain
+    done = subprocess.run([sys.executable, "-c", "import sys; from care_core.cli import main; sys.exit(main())",
+                           "info", str(slide)], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"care info: error: {slide}: file is truncated"), done.stderr
