@@ -182,16 +182,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+def remove_stale_temps(folder: str | os.PathLike, *, name: str | None = None) -> list[Path]:
     """Remove temp files in `folder` left by killed writers: only ours (`temp_sibling` names) written on this
-    machine by a process that no longer exists. Returns the removed paths (sorted)."""
+    machine by a process that no longer exists; with `name`, only those of that output file. Returns the
+    removed paths (sorted)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     removed = []
     for path in folder.iterdir():
         m = _TEMP.match(path.name)
-        if m and m["host"] == _HOST and not _pid_alive(int(m["pid"])) and path.is_file():
+        if m and m["host"] == _HOST and (name is None or m["name"] == name) and not _pid_alive(int(m["pid"])) and path.is_file():
             _unlink_quietly(path)
             removed.append(path)
     return sorted(removed)

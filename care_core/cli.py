@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -357,19 +359,39 @@ def _plain_messages(command: str):
         tiff_log.setLevel(old_level)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch system's time limit, `kill`), unwound like Ctrl-C so that temp files are removed."""
+
+
+@contextmanager
+def _sigterm_unwinds():
+    def handler(signum, frame):
+        raise _Terminated()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the `care` command; exit status 0 (all went well), 1 (some slides failed), 2 (an error stopped it),
-    130 (interrupted: temp files are removed, finished outputs kept)."""
+    130 / 143 (Ctrl-C / SIGTERM: temp files are removed, finished outputs kept)."""
     args = build_parser().parse_args(argv)
-    with _plain_messages(args.command):
+    with _plain_messages(args.command), _sigterm_unwinds():
         try:
             return args.func(args)
         except CareError as exc:
             print(f"care {args.command}: error: {exc}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            print(f"care {args.command}: interrupted; partial outputs removed (finished ones are kept)", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as exc:
+            what = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
+            print(f"care {args.command}: {what}; partial outputs removed (finished ones are kept)", file=sys.stderr)
+            return 143 if isinstance(exc, _Terminated) else 130
 
 
 if __name__ == "__main__":

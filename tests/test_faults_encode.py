@@ -118,7 +118,9 @@ def test_warnings_are_one_line_without_source(tmp_path, capsys):
     assert "warnings.warn(" not in err and "UserWarning" not in err
 
 
-def test_sigint_stops_cleanly_and_every_slide_has_all_outputs_or_none(tmp_path):
+@pytest.mark.parametrize(("sig", "code", "said"), [(signal.SIGINT, 130, "interrupted"),
+                                                   (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_signal_stops_cleanly_and_every_slide_has_all_outputs_or_none(tmp_path, sig, code, said):
     feats = tmp_path / "f"
     feats.mkdir()
     for i in range(40):
@@ -129,10 +131,10 @@ def test_sigint_stops_cleanly_and_every_slide_has_all_outputs_or_none(tmp_path):
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert child.stdout.readline().startswith("s00.h5: s00_slide.npy")  # running, outputs being written
-    child.send_signal(signal.SIGINT)
+    child.send_signal(sig)
     rest, err = child.communicate(timeout=120)
-    assert child.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "care encode: interrupted; partial outputs removed (finished ones are kept)"
+    assert child.returncode == code, err
+    assert err.strip().splitlines()[-1] == f"care encode: {said}; partial outputs removed (finished ones are kept)"
     assert "Traceback" not in err
     sets = _outputs(out)
     assert 1 <= len(sets) < 40 and not [p for p in out.iterdir() if p.name.startswith(".")]

@@ -45,3 +45,13 @@ def test_sigkilled_writer_leaves_a_temp_that_the_next_run_removes(tmp_path):
 def test_temp_name_records_pid_and_host():
     name = temp_sibling(__import__("pathlib").Path("x.npy")).name
     assert name.startswith(f".x.npy.{os.getpid()}.") and len(name.split(".")[-2]) == 16
+
+
+def test_only_the_named_outputs_temps_are_removed(tmp_path):
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(done.stdout)  # a pid that has exited
+    host = temp_sibling(tmp_path / "x").name.split(".")[-2][:8]
+    a, b = (tmp_path / f".{n}.{dead}.{host}0123abcd.tmp" for n in ("a.h5", "b.h5"))
+    a.write_bytes(b"")
+    b.write_bytes(b"")
+    assert remove_stale_temps(tmp_path, name="a.h5") == [a] and b.exists()

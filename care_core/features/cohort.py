@@ -159,6 +159,7 @@ def _extract_one(slide_path: str, out_path: str, mpp: float | None, cfg: dict) -
         n = len(grid.coords)  # fail before the encoding, not after it, when the result cannot fit on the disk
         check_free_space(Path(out_path).parent, n * (4 * encoder.dim + 16) + (1 << 16), out_path)
         features = extract_features(slide, grid, encoder, batch_size=cfg["batch_size"], num_workers=cfg["read_threads"])
+        remove_stale_temps(Path(out_path).parent, name=Path(out_path).name)  # a killed run's, on this worker's host
         features.save(out_path)
     return "done", features.n_patches, ""
 
