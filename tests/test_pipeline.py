@@ -1,13 +1,16 @@
-"""care_core.pipeline: one slide through tissue → patch grid → features → CARE, with progress."""
+"""care_core.pipeline: one slide through tissue → patch grid → features → CARE, with progress and a result cache."""
 
 from __future__ import annotations
 
+import threading
+
+import numpy as np
 import pytest
 
 from care_core.errors import FeatureMismatchError
 from care_core.model import CARE
 from care_core.model.checkpoint import save_checkpoint
-from care_core.pipeline import PipelineProgress, iter_slide_pipeline
+from care_core.pipeline import PipelineProgress, ResultCache, SlideResult, iter_slide_pipeline
 
 pytestmark = pytest.mark.filterwarnings("ignore:grid patches are 256 px")  # small patches keep the test fast
 
@@ -22,7 +25,9 @@ def _run(gen):
 
 
 def test_progress_stages_and_result(small_sample):
-    steps, enc = _run(iter_slide_pipeline(small_sample.slide_path, patch_px=256))
+    steps, result = _run(iter_slide_pipeline(small_sample.slide_path, patch_px=256))
+    assert isinstance(result, SlideResult) and not result.cached and result.cache_dir is None
+    enc = result.encoding
     assert steps[:2] == [PipelineProgress("tissue", 0, 1), PipelineProgress("tissue", 1, 1)]
     assert steps[-2:] == [PipelineProgress("care", 0, 1), PipelineProgress("care", 1, 1)]
     feature_steps = [s for s in steps if s.stage == "features"]
@@ -30,9 +35,47 @@ def test_progress_stages_and_result(small_sample):
     assert feature_steps[-1].done == n and [s.done for s in feature_steps] == sorted(s.done for s in feature_steps)
     assert enc.patch_region.shape == (n,) and enc.slide_embedding.shape == (512,)
     assert enc.patch_size_level0 == 256 and enc.meta["encoder"] == "stain-texture"
+    assert enc.meta["slide_size_level0"] == [3072, 2048] and enc.meta["slide_mpp"] == 0.5
+    assert enc.meta["model"] == "untrained (seed 0)" and enc.predictions == []
+    assert result.tissue_mask.dtype == bool and result.tissue_mask.any()
+    assert set(result.timings) == {"setup", "tissue", "features", "care"}
     # an untrained run is reproducible from its seed
     _, again = _run(iter_slide_pipeline(small_sample.slide_path, patch_px=256))
-    assert (again.slide_embedding == enc.slide_embedding).all()
+    assert (again.encoding.slide_embedding == enc.slide_embedding).all()
+
+
+def test_cache_serves_a_second_run_and_keys_on_settings(small_sample, tmp_path):
+    cache = ResultCache(tmp_path / "cache")
+    _, cold = _run(iter_slide_pipeline(small_sample.slide_path, patch_px=256, cache=cache))
+    files = sorted(p.name.split("-")[0] for p in cold.cache_dir.iterdir())
+    assert files == ["encoding", "features", "tissue"] and cold.cache_dir.parent == cache.root
+    steps, warm = _run(iter_slide_pipeline(small_sample.slide_path, patch_px=256, cache=cache))
+    assert [s.stage for s in steps] == ["cache", "cache"] and warm.cached
+    np.testing.assert_array_equal(warm.encoding.patch_region, cold.encoding.patch_region)
+    np.testing.assert_array_equal(warm.encoding.region_embeddings, cold.encoding.region_embeddings)
+    np.testing.assert_array_equal(warm.tissue_mask, cold.tissue_mask)
+    assert warm.encoding.meta["slide_size_level0"] == [3072, 2048]
+    # another CARE seed reuses the features and runs CARE again
+    steps, other = _run(iter_slide_pipeline(small_sample.slide_path, patch_px=256, untrained_seed=1, cache=cache))
+    assert [s.stage for s in steps] == ["cache", "cache", "care", "care"] and not other.cached
+    assert not np.array_equal(other.encoding.slide_embedding, cold.encoding.slide_embedding)
+    # another grid setting extracts again
+    steps, _ = _run(iter_slide_pipeline(small_sample.slide_path, patch_px=256, min_tissue=0.5, cache=cache))
+    assert steps[0].stage == "tissue"
+    assert len(list(cold.cache_dir.glob("features-*.h5"))) == 2
+    size = cache.size_bytes()
+    assert size > 0 and cache.clear() == size and not cache.root.exists() and cache.size_bytes() == 0
+
+
+def test_stop_returns_none_and_caches_nothing(small_sample, tmp_path):
+    stop = threading.Event()
+    cache = ResultCache(tmp_path / "cache")
+    gen = iter_slide_pipeline(small_sample.slide_path, patch_px=256, cache=cache, stop=stop)
+    while not stop.is_set():
+        if next(gen).stage == "features":
+            stop.set()  # as Cancel does, mid-extraction
+    steps, result = _run(gen)
+    assert result is None and steps == [] and cache.size_bytes() == 0
 
 
 def test_checkpoint_for_another_encoder_is_refused(small_sample, tmp_path):

@@ -2,7 +2,14 @@
 
 from care_core.regions.annotations import Annotation, read_annotations
 from care_core.regions.asap import read_asap_xml, write_asap_xml
-from care_core.regions.bundle import EXPORT_FORMATS, export_encoding_file, export_name, export_regions
+from care_core.regions.bundle import (
+    EXPORT_FORMATS,
+    export_encoding_file,
+    export_file,
+    export_name,
+    export_regions,
+    format_for_path,
+)
 from care_core.regions.export import (
     annotations_to_geojson,
     prediction_columns,
@@ -13,7 +20,14 @@ from care_core.regions.export import (
     write_geojson,
     write_region_csv,
 )
-from care_core.regions.geometry import REGION_COLUMNS, label_raster, region_polygons, region_table, roi_geometry
+from care_core.regions.geometry import (
+    REGION_COLUMNS,
+    label_raster,
+    region_geometry,
+    region_polygons,
+    region_table,
+    roi_geometry,
+)
 from care_core.regions.mask import LabelMask, read_label_mask, write_label_mask
 
 __all__ = [
@@ -24,6 +38,7 @@ __all__ = [
     "REGION_COLUMNS",
     "label_raster",
     "region_polygons",
+    "region_geometry",
     "region_table",
     "roi_geometry",
     "region_color",
@@ -41,4 +56,6 @@ __all__ = [
     "export_name",
     "export_regions",
     "export_encoding_file",
+    "export_file",
+    "format_for_path",
 ]

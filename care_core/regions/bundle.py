@@ -7,7 +7,7 @@ from pathlib import Path
 
 from care_core.errors import InvalidInputError
 
-__all__ = ["EXPORT_FORMATS", "export_regions", "export_name", "export_encoding_file"]
+__all__ = ["EXPORT_FORMATS", "export_regions", "export_name", "export_encoding_file", "export_file", "format_for_path"]
 
 # format -> file name suffix after the slide stem
 EXPORT_FORMATS = {
@@ -26,6 +26,33 @@ def export_name(stem: str, fmt: str) -> str:
     return f"{stem}{EXPORT_FORMATS[fmt]}"
 
 
+def _write(encoding, fmt: str, path: Path, size: tuple[int, int] | None, mpp: float | None, stem: str) -> Path:
+    from care_core.regions.export import write_asap, write_geojson, write_region_csv
+    from care_core.regions.mask import write_label_mask
+
+    if fmt == "geojson":
+        return write_geojson(encoding, path, name=stem)
+    if fmt == "asap":
+        return write_asap(encoding, path)
+    if fmt == "mask":
+        return write_label_mask(encoding, path, slide_size_level0=tuple(size), mpp=mpp)
+    if fmt == "csv":
+        return write_region_csv(encoding, path)
+    return encoding.save_npz(path)
+
+
+def _slide_geometry(encoding, stem: str, formats, size, mpp) -> tuple:
+    """(level-0 size, µm/px) for the mask: the caller's, else what the pipeline recorded in ``encoding.meta``."""
+    size = size or encoding.meta.get("slide_size_level0")
+    mpp = mpp if mpp is not None else encoding.meta.get("slide_mpp")
+    if "mask" in formats and size is None:
+        raise InvalidInputError(
+            f"{stem}: the label mask needs the slide's size, which this encoding does not record; "
+            f"give the slide file (care export --slide)"
+        )
+    return size, mpp
+
+
 def export_regions(
     encoding,
     out_dir: str | Path,
@@ -41,26 +68,36 @@ def export_regions(
     slide_size_level0 / slide_mpp: the slide's level-0 (width, height) and µm/px for the label mask; by
     default what the pipeline recorded in ``encoding.meta`` ("slide_size_level0", "slide_mpp").
     """
-    from care_core.regions.export import write_asap, write_geojson, write_region_csv
-    from care_core.regions.mask import write_label_mask
-
     names = {fmt: export_name(stem, fmt) for fmt in formats}  # unknown formats fail before any write
-    out_dir = Path(out_dir)
-    size = slide_size_level0 or encoding.meta.get("slide_size_level0")
-    mpp = slide_mpp if slide_mpp is not None else encoding.meta.get("slide_mpp")
-    if "mask" in names and size is None:
-        raise InvalidInputError(
-            f"{stem}: the label mask needs the slide's size, which this encoding does not record; "
-            f"give the slide file (care export --slide)"
-        )
-    writers = {
-        "geojson": lambda p: write_geojson(encoding, p, name=stem),
-        "asap": lambda p: write_asap(encoding, p),
-        "mask": lambda p: write_label_mask(encoding, p, slide_size_level0=tuple(size), mpp=mpp),
-        "csv": lambda p: write_region_csv(encoding, p),
-        "npz": lambda p: encoding.save_npz(p),
-    }
-    return {fmt: Path(writers[fmt](out_dir / name)) for fmt, name in names.items()}
+    size, mpp = _slide_geometry(encoding, stem, names, slide_size_level0, slide_mpp)
+    return {fmt: Path(_write(encoding, fmt, Path(out_dir) / name, size, mpp, stem)) for fmt, name in names.items()}
+
+
+def format_for_path(path: str | Path) -> str:
+    """The export format a file name asks for, by its ending (``.geojson``, ``.xml``, ``.ome.tif``, ``.csv``,
+    ``.npz``)."""
+    name = Path(path).name.lower()
+    for fmt, ending in (("geojson", ".geojson"), ("geojson", ".json"), ("asap", ".xml"), ("mask", ".ome.tif"),
+                        ("mask", ".ome.tiff"), ("csv", ".csv"), ("npz", ".npz")):
+        if name.endswith(ending):
+            return fmt
+    raise InvalidInputError(
+        f"{Path(path).name}: unknown export kind; end the name in .geojson, .xml, .ome.tif, .csv or .npz"
+    )
+
+
+def export_file(
+    encoding,
+    path: str | Path,
+    *,
+    slide_size_level0: tuple[int, int] | None = None,
+    slide_mpp: float | None = None,
+) -> Path:
+    """Write one export to exactly ``path``, its format chosen by the ending (``format_for_path``)."""
+    path = Path(path)
+    fmt = format_for_path(path)
+    size, mpp = _slide_geometry(encoding, path.stem, [fmt], slide_size_level0, slide_mpp)
+    return Path(_write(encoding, fmt, path, size, mpp, path.stem))
 
 
 def export_encoding_file(
@@ -96,3 +133,4 @@ def export_encoding_file(
         with open_slide(slide, mpp=mpp) as s:
             size, slide_mpp = s.dimensions, s.mpp
     return export_regions(encoding, out_dir, stem, formats=formats, slide_size_level0=size, slide_mpp=slide_mpp)
+

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["label_raster", "region_polygons", "roi_geometry", "region_table", "REGION_COLUMNS"]
+__all__ = ["label_raster", "region_polygons", "region_geometry", "roi_geometry", "region_table", "REGION_COLUMNS"]
 
 REGION_COLUMNS = (
     "id", "subregion", "n_patches", "area_um2", "pi", "alpha", "beta", "centroid_x_level0", "centroid_y_level0", "is_roi",
@@ -47,12 +47,21 @@ def region_polygons(patch_region: np.ndarray, coords_level0: np.ndarray, patch_s
     return out
 
 
+def region_geometry(encoding, region_id: int):
+    """One region's shapely (Multi)Polygon in level-0 px (the union of its patch squares, holes kept)."""
+    if encoding.patch_region is None or encoding.coords is None:
+        raise ValueError("this SlideEncoding has no patch regions / coords (e.g. from the authors' model adapter)")
+    mine = encoding.patch_region == region_id
+    if not mine.any():
+        raise ValueError(f"region_id={region_id} has no patches (the encoding has {encoding.n_regions} regions)")
+    return region_polygons(np.zeros(int(mine.sum()), dtype=np.int64), encoding.coords[mine], encoding.patch_size_level0)[0]
+
+
 def roi_geometry(encoding) -> tuple:
     """(polygon, (minx, miny, maxx, maxy)) of the ROI in level-0 px, from a ``SlideEncoding``."""
     if encoding.roi is None or encoding.patch_region is None or encoding.coords is None:
         raise ValueError("this SlideEncoding has no ROI / patch regions / coords (e.g. from the authors' model adapter)")
-    mine = encoding.patch_region == encoding.roi
-    poly = region_polygons(np.zeros(int(mine.sum()), dtype=np.int64), encoding.coords[mine], encoding.patch_size_level0)[0]
+    poly = region_geometry(encoding, encoding.roi)
     return poly, tuple(float(v) for v in poly.bounds)
 
 
