@@ -18,6 +18,7 @@ __all__ = [
     "TrainingConfigError",
     "TrainingError",
     "AnnotationFileError",
+    "HeadError",
 ]
 
 
@@ -78,3 +79,7 @@ class TrainingError(CareError, RuntimeError):
 
 class AnnotationFileError(CareError, ValueError):
     """An annotation file (QuPath GeoJSON, ASAP XML) cannot be read or holds no usable polygon."""
+
+
+class HeadError(CareError, ValueError):
+    """A trained prediction head cannot be loaded or does not fit the CARE model / patch encoder it is used with."""

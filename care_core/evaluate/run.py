@@ -1,0 +1,225 @@
+"""``care evaluate``: a labels table + feature files (+ a CARE model) -> cross-validated results and heads.
+
+Everything is checked and computed before anything is written; then, in ``out_dir``: ``results.json``,
+``results.md`` (mean ± sd over folds), ``test_predictions.csv`` (each test slide's scores and fold),
+``heads/<name>_fold<k>.safetensors/.json`` and, when the folds were made here, ``splits/splits_<k>.csv``
+(the CARE authors' layout; pass the folder back with ``splits=`` to reuse them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from care_core._atomic import atomic_path
+from care_core.errors import InvalidInputError
+from care_core.evaluate.crossval import FoldResult, iter_cross_validate, score, summary_of
+from care_core.evaluate.labels import LabelTable, read_labels
+from care_core.evaluate.metrics import markdown_table
+from care_core.evaluate.splits import Fold, load_splits, make_splits, save_splits
+
+__all__ = ["EvaluateEvent", "EVALUATE_PROTOCOLS", "iter_evaluate", "evaluate", "region_table", "write_results"]
+
+EVALUATE_PROTOCOLS = ("lr", "knn", "survival", "abmil")
+
+
+@dataclass(frozen=True)
+class EvaluateEvent:
+    """Progress: stage "encode" (per slide) or "fold" (per fold, with its metrics); done of total."""
+
+    stage: str
+    done: int
+    total: int
+    message: str = ""
+    metrics: dict | None = None
+
+
+def region_table(cohort, annotations: Mapping[str, Sequence], *, min_fraction: float = 0.5) -> tuple[LabelTable, dict]:
+    """Regions of annotated slides as a labels table (ids ``<slide>#<region>``, patient = the slide's patient)
+    and {id: region embedding}. Regions without a class are left out."""
+    from care_core.evaluate.region_targets import region_labels_from_polygons
+
+    ids, patients, names, X = [], [], [], {}
+    patient_of = dict(zip(cohort.labels.slides.tolist(), cohort.labels.patients.tolist()))
+    for slide, polys in annotations.items():
+        enc = cohort.encodings[slide]
+        for r, name in enumerate(region_labels_from_polygons(enc, polys, min_fraction=min_fraction)):
+            if name is not None:
+                rid = f"{slide}#{r}"
+                ids.append(rid)
+                patients.append(patient_of[slide])
+                names.append(name)
+                X[rid] = enc.region_embeddings[r]
+    if len(set(names)) < 2:
+        raise InvalidInputError(f"the annotations give {len(ids)} labelled region(s) of {len(set(names))} class(es); a "
+                                "region classifier needs at least two classes: annotate more areas")
+    obj = lambda a: np.array(a, dtype=object)  # noqa: E731
+    return LabelTable(obj(ids), obj(patients), label=obj(names), source=cohort.labels.source), X
+
+
+def _read_annotation_folder(folder: Path, slides: Sequence[str]) -> dict[str, list]:
+    from care_core.regions import read_annotations
+
+    out = {}
+    for slide in slides:
+        for suffix in (".geojson", ".json", ".xml"):
+            path = folder / f"{slide}{suffix}"
+            if path.is_file():
+                out[slide] = read_annotations(path)
+                break
+    if not out:
+        raise InvalidInputError(f"annotation folder {str(folder)!r} has no <slide>.geojson/.json/.xml for any slide of "
+                                "the labels table; name each annotation file after its slide")
+    return out
+
+
+def _region_folds(folds: list[Fold], table: LabelTable) -> list[Fold]:
+    slide_of = {rid: rid.rsplit("#", 1)[0] for rid in table.slides.tolist()}
+
+    def pick(slides):
+        keep = set(slides)
+        return tuple(r for r, s in slide_of.items() if s in keep)
+
+    return [Fold(pick(f.train), pick(f.val), pick(f.test)) for f in folds]
+
+
+def _abmil_folds(cohort, folds: list[Fold], *, name: str) -> Iterator[FoldResult]:
+    from care_core.evaluate.abmil import ABMILClassifier
+    from care_core.features import load_features
+
+    labels, classes = cohort.labels, cohort.labels.classes
+    if labels.kind != "classification":
+        raise InvalidInputError("protocol 'abmil' is a classifier; give a labels table with a 'label' column")
+    bags = {s: np.asarray(load_features(p).features, dtype=np.float32) for s, p in cohort.paths.items()}
+    idx = {c: i for i, c in enumerate(classes)}
+    for k, fold in enumerate(folds):
+        y = lambda ids: np.array([idx[c] for c in labels.select(ids).label]) if ids else None  # noqa: E731
+        clf = ABMILClassifier(n_classes=len(classes), seed=k).fit(
+            [bags[s] for s in fold.train], y(fold.train), [bags[s] for s in fold.val] or None, y(fold.val))
+        scores = clf.predict_proba([bags[s] for s in fold.test])
+        metrics = score(labels.select(fold.test), scores, classes)
+        # a baseline: its metrics are reported, no head is saved (heads are probes on embeddings)
+        yield FoldResult(k, metrics, {"best_epoch": clf.best_epoch_, "epochs": clf.n_epochs_}, len(fold.train),
+                         len(fold.val), len(fold.test), None, list(fold.test), scores)
+
+
+def iter_evaluate(labels: str | os.PathLike, features: Sequence[str | os.PathLike], *, model=None, protocol: str = "lr",
+                  input: str = "slide", out_dir: str | os.PathLike, splits: str | os.PathLike | None = None,
+                  n_folds: int = 5, val: bool = True, seed: int = 0,
+                  annotations: str | os.PathLike | Mapping[str, Sequence] | None = None) -> Iterator[EvaluateEvent]:
+    """Generator form of ``evaluate``; yields EvaluateEvent and returns the results dict.
+
+    model: a CARE (or None for ``input="mean"`` / ``protocol="abmil"``). input: "slide", "roi" or "mean"
+    (with ``annotations``: ignored, the inputs are region embeddings). annotations: a folder of
+    ``<slide>.geojson`` (QuPath) / ``.xml`` (ASAP) files or {slide: [(polygon, class), ...]}: trains a region
+    classifier. splits: a folder of split CSVs to reuse (otherwise made by patient, ``n_folds``, ``seed``).
+    """
+    from care_core.evaluate.cohort import iter_load_cohort
+
+    if protocol not in EVALUATE_PROTOCOLS:
+        raise InvalidInputError(f"protocol={protocol!r} is not one of {EVALUATE_PROTOCOLS}")
+    if input not in ("slide", "roi", "mean"):
+        raise InvalidInputError(f"input={input!r} is not one of ('slide', 'roi', 'mean')")
+    region_task = annotations is not None
+    if (input != "mean" or region_task) and protocol != "abmil" and model is None:
+        raise InvalidInputError(f"input {'region' if region_task else input!r} needs a CARE model; pass --model CKPT or --untrained SEED")
+    table = read_labels(labels, slides_only=region_task)
+    if protocol == "survival" and table.kind != "survival":
+        raise InvalidInputError(f"labels table {str(labels)!r} has no 'time'/'event' columns; protocol 'survival' needs them")
+    if protocol != "survival" and table.kind == "survival":
+        raise InvalidInputError(f"labels table {str(labels)!r} is a survival table; use --protocol survival")
+    folds = load_splits(splits, table) if splits is not None else None
+    if folds is None and not region_task:
+        folds = make_splits(table, n_folds=n_folds, val=val, seed=seed)
+    need_model = model if (region_task or (input != "mean" and protocol != "abmil")) else None
+    gen = iter_load_cohort(table, features, need_model)
+    while True:
+        try:
+            done, total, slide = next(gen)
+        except StopIteration as stop:
+            cohort = stop.value
+            break
+        yield EvaluateEvent("encode", done, total, slide)
+
+    kind = "region" if region_task else input
+    name = f"{Path(labels).stem}_{'region' if region_task else protocol}_{kind}"
+    if region_task:
+        polys = (_read_annotation_folder(Path(annotations), table.slides.tolist())
+                 if isinstance(annotations, (str, os.PathLike)) else dict(annotations))
+        unknown = sorted(set(polys) - set(table.slides.tolist()))
+        if unknown:
+            raise InvalidInputError(f"annotations for slide(s) {unknown[:10]} that are not in labels table {str(labels)!r}")
+        eval_table, X = region_table(cohort, polys)
+        folds = (_region_folds(folds, eval_table) if folds is not None
+                 else make_splits(eval_table, n_folds=n_folds, val=val, seed=seed))
+        made_splits = splits is None
+        fold_iter = iter_cross_validate(X, eval_table, folds, "knn" if protocol == "knn" else "lr",
+                                        input_kind="region", name=name)
+    else:
+        eval_table, made_splits = table, splits is None
+        fold_iter = (_abmil_folds(cohort, folds, name=name) if protocol == "abmil"
+                     else iter_cross_validate(cohort.inputs(input), table, folds, protocol, input_kind=input, name=name))
+    results: list[FoldResult] = []
+    for res in fold_iter:
+        if res.head is not None:
+            res.head.model_sha256 = "" if kind == "mean" else cohort.model_sha256
+            res.head.encoder = cohort.encoder
+            res.head.extra = {"labels": str(labels), "task": eval_table.kind}
+        results.append(res)
+        yield EvaluateEvent("fold", res.fold + 1, len(folds), f"fold {res.fold}", res.metrics)
+    summary = {
+        "protocol": protocol, "input": kind, "task": eval_table.kind, "labels": str(labels),
+        "classes": list(eval_table.classes), "n_samples": len(eval_table), "n_folds": len(folds),
+        "model_sha256": "" if kind == "mean" else cohort.model_sha256, "encoder": cohort.encoder,
+        "summary": summary_of(results),
+        "folds": [{"fold": r.fold, "metrics": r.metrics, "params": r.params, "n_train": r.n_train, "n_val": r.n_val,
+                   "n_test": r.n_test} for r in results],
+    }
+    summary["written"] = [str(p) for p in write_results(out_dir, summary, results, eval_table,
+                                                        folds if made_splits else None)]
+    return summary
+
+
+def write_results(out_dir: str | os.PathLike, summary: dict, results: list[FoldResult], table: LabelTable,
+                  folds: list[Fold] | None) -> list[Path]:
+    """Write results.json, results.md, test_predictions.csv, the heads and (when given) the splits."""
+    out = Path(out_dir)
+    written: list[Path] = []
+    if folds is not None:
+        written += save_splits(folds, out / "splits")
+    for r in results:
+        if r.head is not None:
+            written.append(r.head.save(out / "heads" / r.head.name))
+    cols = ["risk"] if table.kind == "survival" else [f"p({c})" for c in table.classes]
+    truth = {s: (f"{t:g}/{e}" if table.kind == "survival" else l) for s, l, t, e in zip(
+        table.slides.tolist(), table.label if table.label is not None else [None] * len(table),
+        table.time if table.time is not None else [0] * len(table), table.event if table.event is not None else [0] * len(table))}
+    with atomic_path(out / "test_predictions.csv") as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(",".join(["sample", "fold", "truth", *cols]) + "\n")
+        for r in results:
+            for sid, row in zip(r.test_ids, r.test_scores):
+                fh.write(",".join([sid, str(r.fold), str(truth[sid]), *(f"{v:.6g}" for v in row)]) + "\n")
+    written.append(out / "test_predictions.csv")
+    with atomic_path(out / "results.json") as tmp:
+        tmp.write_text(json.dumps({k: v for k, v in summary.items() if k != "written"}, indent=2))
+    written.append(out / "results.json")
+    title = f"{summary['protocol']} on {summary['input']} ({summary['task']}, {summary['n_samples']} samples, {summary['n_folds']} folds)"
+    with atomic_path(out / "results.md") as tmp:
+        tmp.write_text(f"# {title}\n\n" + markdown_table({f"{summary['protocol']} / {summary['input']}": summary["summary"]}))
+    written.append(out / "results.md")
+    return written
+
+
+def evaluate(labels, features, **kwargs) -> dict:
+    """Run ``iter_evaluate`` to the end and return its results dict (see there for the arguments)."""
+    gen = iter_evaluate(labels, features, **kwargs)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
