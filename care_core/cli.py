@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import threading
@@ -238,6 +239,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _number(kind: type, low: float, high: float = float("inf"), *, low_ok: bool = False):
+    """An argparse type: a finite `kind` above `low` (or equal, with low_ok) and at most `high`."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+        if not (value >= low if low_ok else value > low) or not value <= high:
+            bounds = f"{'>=' if low_ok else '>'} {low:g}" + (f" and <= {high:g}" if high < float("inf") else "")
+            raise argparse.ArgumentTypeError(f"{text} is out of range (must be {bounds})")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE, COUNT, FRACTION = _number(float, 0), _number(int, 0), _number(float, 0, 1, low_ok=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="care", description="CARE adaptive-region slide encoder for whole-slide images.")
     parser.add_argument("--version", action="version", version=f"napari-care {__version__}")
@@ -245,18 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="levels, mpp, vendor, tissue area and patch count of a slide")
     p.add_argument("slide", type=Path)
-    p.add_argument("--mpp", type=float, default=None, help="µm/px at level 0 (overrides the file's value)")
-    p.add_argument("--target-mpp", type=float, default=0.5, help="patch grid resolution in µm/px (default 0.5)")
-    p.add_argument("--patch-px", type=int, default=512, help="patch side in px at --target-mpp (default 512)")
+    p.add_argument("--mpp", type=POSITIVE, default=None, help="µm/px at level 0 (overrides the file's value)")
+    p.add_argument("--target-mpp", type=POSITIVE, default=0.5, help="patch grid resolution in µm/px (default 0.5)")
+    p.add_argument("--patch-px", type=COUNT, default=512, help="patch side in px at --target-mpp (default 512)")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("synth", help="write a synthetic H&E-like SVS with its ground-truth compartment mask, "
                                      "or a whole cohort with molecular tables (--cohort N)")
     p.add_argument("out", type=Path, help="output .svs path (mask and JSON sidecar go beside it); with --cohort, a folder")
-    p.add_argument("--width-px", type=int, default=None, help="default 24000 (6000 per cohort slide)")
-    p.add_argument("--height-px", type=int, default=None, help="default 18000 (4800 per cohort slide)")
+    p.add_argument("--width-px", type=COUNT, default=None, help="default 24000 (6000 per cohort slide)")
+    p.add_argument("--height-px", type=COUNT, default=None, help="default 18000 (4800 per cohort slide)")
     p.add_argument("--seed", type=int, default=0, help="slide seed (with --cohort: cohort seed; slide i gets seed*10000+i)")
-    p.add_argument("--mpp", type=float, default=0.5, help="µm/px at level 0 (default 0.5, a 20x scan)")
+    p.add_argument("--mpp", type=POSITIVE, default=0.5, help="µm/px at level 0 (default 0.5, a 20x scan)")
     p.add_argument("--cohort", type=int, default=None, metavar="N",
                    help="write N slides, RNA (rna.h5ad) and protein (protein.csv) tables and cohort.csv into OUT")
     p.add_argument("--features", action="store_true", help="with --cohort: also extract stain-texture features")
@@ -270,15 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=Path, default=None, help="local weight file of the encoder")
     p.add_argument("--out", type=Path, required=True, help="output folder: one <slide stem>.h5 per slide")
     p.add_argument("--scheduler", default=None, help="tcp://host:port of a running dask scheduler (default: a local cluster)")
-    p.add_argument("--workers", type=int, default=2, help="local cluster worker processes (default 2)")
-    p.add_argument("--mpp", type=float, default=None,
+    p.add_argument("--workers", type=COUNT, default=2, help="local cluster worker processes (default 2)")
+    p.add_argument("--mpp", type=POSITIVE, default=None,
                    help="level-0 µm/px for every slide, overriding the files' values (per slide: the CSV's mpp column)")
-    p.add_argument("--target-mpp", type=float, default=None,
+    p.add_argument("--target-mpp", type=POSITIVE, default=None,
                    help="patch resolution in µm/px (default: what the encoder expects; 0.5 for most)")
-    p.add_argument("--patch-px", type=int, default=None,
+    p.add_argument("--patch-px", type=COUNT, default=None,
                    help="patch side in px at --target-mpp (default: what the encoder expects, e.g. 512 for stain-texture)")
-    p.add_argument("--min-tissue", type=float, default=0.25, help="minimum tissue fraction of a kept patch")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--min-tissue", type=FRACTION, default=0.25, help="minimum tissue fraction of a kept patch")
+    p.add_argument("--batch-size", type=COUNT, default=32)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.set_defaults(func=_cmd_extract)
 

@@ -91,3 +91,25 @@ def test_truncated_slide_is_one_line_without_tifffile_log(tmp_path):
                            "info", str(slide)], capture_output=True, text=True)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"care info: error: {slide}: file is truncated"), done.stderr
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["extract", "s.svs", "--out", "o", "--target-mpp", "0"], "argument --target-mpp: 0 is out of range (must be > 0)"),
+    (["extract", "s.svs", "--out", "o", "--mpp", "inf"], "argument --mpp: inf is not a finite number"),
+    (["extract", "s.svs", "--out", "o", "--min-tissue", "1.5"],
+     "argument --min-tissue: 1.5 is out of range (must be >= 0 and <= 1)"),
+    (["extract", "s.svs", "--out", "o", "--workers", "2.5"], "argument --workers: '2.5' is not an integer"),
+    (["info", "s.svs", "--patch-px", "-5"], "argument --patch-px: -5 is out of range (must be > 0)"),
+    (["synth", "s.svs", "--width-px", "0"], "argument --width-px: 0 is out of range (must be > 0)"),
+])
+def test_bad_numbers_are_usage_errors(argv, said, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(said)
+
+
+def test_synth_checks_its_output_folder_first(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert main(["synth", str(tmp_path / "afile" / "s.svs"), "--width-px", "512", "--height-px", "512"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"care synth: error: output folder {tmp_path / 'afile'} is a file, not a folder; choose another output folder\n"

@@ -138,3 +138,20 @@ def test_ctrl_c_on_a_cluster_run_is_one_line_and_leaves_no_temp_or_worker(tmp_pa
         assert load_features(h5).n_patches > 0
     time.sleep(1.0)
     assert not [w for w in workers if os.path.exists(f"/proc/{w}") and "zombie" not in open(f"/proc/{w}/status").read()]
+
+
+@pytest.mark.parametrize(("kw", "said"), [
+    (dict(target_mpp=0.0), "target_mpp=0.0 must be a positive number of µm/px"),
+    (dict(target_mpp=float("nan")), "target_mpp=nan must be a positive number of µm/px"),
+    (dict(patch_px=-5), "patch_px=-5 must be a positive integer"),
+    (dict(mpp_override=float("inf")), "mpp_override=inf must be a positive number of µm/px or None"),
+    (dict(min_tissue=1.5), r"min_tissue=1.5 must be a fraction in \[0, 1\]"),
+    (dict(n_workers=0), "n_workers=0 must be a positive integer"),
+    (dict(batch_size=2.5), "batch_size=2.5 must be a positive integer"),
+])
+def test_bad_numbers_fail_before_any_work(slides, tmp_path, no_cluster, kw, said):
+    from care_core.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match=f"^{said}$"):
+        run_cohort(slides[:1], tmp_path / "out", **{**KW, **kw})
+    assert not (tmp_path / "out").exists()

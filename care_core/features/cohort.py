@@ -196,6 +196,24 @@ def _existing(path: Path, encoder_name: str, cfg: dict) -> tuple[str, int, str]:
     return "skipped", n, ""
 
 
+def _check_settings(**values) -> None:
+    """Raise InvalidInputError for a numeric setting no slide could use (checked before any work)."""
+    import math
+
+    rules = {"target_mpp": ("a positive number of µm/px", lambda v: v > 0), "mpp_override": (
+        "a positive number of µm/px or None", lambda v: v > 0), "min_tissue": ("a fraction in [0, 1]", lambda v: 0 <= v <= 1)}
+    for name, value in values.items():
+        if value is None and name == "mpp_override":
+            continue
+        what, ok = rules.get(name, ("a positive integer", lambda v: v >= 1 and float(v).is_integer()))
+        try:
+            good = math.isfinite(float(value)) and ok(float(value))
+        except (TypeError, ValueError):
+            good = False
+        if not good:
+            raise InvalidInputError(f"{name}={value!r} must be {what}")
+
+
 def run_cohort(
     slides: Iterable[str | os.PathLike | SlideEntry],
     out_dir: str | os.PathLike,
@@ -223,6 +241,8 @@ def run_cohort(
     from care_core.features.registry import get_encoder_spec
 
     spec = get_encoder_spec(encoder)  # unknown names fail here, before any cluster starts
+    _check_settings(target_mpp=target_mpp, patch_px=patch_px, mpp_override=mpp_override, min_tissue=min_tissue,
+                    n_workers=n_workers, batch_size=batch_size, read_threads=read_threads)
     out_dir = check_output_dir(out_dir)  # a file, a read-only folder or a full disk fail before any work
     stale = remove_stale_temps(out_dir)
     if stale:
