@@ -164,17 +164,21 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
     run_dir = args.resume or args.out
     if run_dir is None:
-        print("care pretrain: error: give --out RUN_DIR for a new run or --resume RUN_DIR", file=sys.stderr)
+        print(f"care {args.command}: error: give --out RUN_DIR for a new run or --resume RUN_DIR", file=sys.stderr)
         return 2
     bar = None
     for ev in pretrain(run_dir, stage=args.stage, config=args.config, resume=args.resume is not None):
         if ev.kind == "start":
-            bar = tqdm(total=ev.total_steps, initial=ev.step, unit="step", desc=f"pretrain {run_dir}")
+            bar = tqdm(total=ev.total_steps, initial=ev.step, unit="step", desc=f"{args.command} {run_dir}")
             for k, v in ev.metrics.items():
                 tqdm.write(f"{k}: {v}")
         elif ev.kind == "step":
             bar.update(ev.step - bar.n)
             bar.set_postfix(loss=f"{ev.metrics.get('loss', float('nan')):.4f}", lr=f"{ev.lr:.2e}")
+        elif ev.kind == "validate":
+            tqdm.write(f"epoch {ev.epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.metrics.items()))
+        elif ev.kind == "checkpoint" and ev.path and "head" in Path(ev.path).name:
+            print(f"head: {ev.path}")
         elif ev.kind == "end":
             bar.close()
             print(f"CARE checkpoint: {ev.path}")
@@ -331,6 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last checkpoint (its own config unless --config is given)")
     p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser("finetune", help="fine-tune CARE + a head on slide labels (the paper's protocol), one fold")
+    p.add_argument("--config", type=Path, default=None, help="config file with labels, features, fold, ...; see docs/training.md")
+    p.add_argument("--out", type=Path, default=None, help="run folder of a new run")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.set_defaults(func=_cmd_pretrain, stage="finetune")
 
     p = sub.add_parser("predict", help="apply trained heads to feature files: class probabilities per slide and per region")
     p.add_argument("features", type=Path, nargs="+", help="feature files (.h5) or folders of them")

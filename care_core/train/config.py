@@ -13,7 +13,7 @@ from pathlib import Path
 
 from care_core.errors import TrainingConfigError
 
-__all__ = ["StageIConfig", "StageIIConfig", "load_config", "config_from_dict", "STAGES"]
+__all__ = ["StageIConfig", "StageIIConfig", "FinetuneConfig", "load_config", "config_from_dict", "STAGES"]
 
 
 @dataclass
@@ -33,6 +33,7 @@ class _Common:
     keep_checkpoints: int = 2  # training checkpoints kept on disk (the newest ones)
     log_every: int = 10  # steps between metric lines
     num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
+    optimizer: str = "adamw"  # adamw (decoupled weight decay) | adam (L2 penalty, as the paper's fine-tuning)
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
     model: dict = field(default_factory=dict)  # CARE config overrides (input_dim comes from the features)
@@ -48,6 +49,8 @@ class _Common:
             raise TrainingConfigError(f"warmup_epochs={self.warmup_epochs} must lie in [0, epochs={self.epochs}]")
         if self.num_workers < 0 or self.clip_grad < 0:
             raise TrainingConfigError("num_workers and clip_grad must be >= 0")
+        if self.optimizer not in ("adamw", "adam"):
+            raise TrainingConfigError(f"optimizer={self.optimizer!r} must be 'adamw' or 'adam'")
 
 
 @dataclass
@@ -117,22 +120,61 @@ class StageIIConfig(_Common):
             raise TrainingConfigError(f"modality={self.modality!r} needs the `{self.modality}` matrix file")
 
 
-STAGES = {"1": StageIConfig, "2": StageIIConfig}
+@dataclass
+class FinetuneConfig(_Common):
+    """Fine-tuning CARE + a head on slide labels (CARE_METHOD.md §5): one fold of a split.
+
+    Defaults are the paper's protocol: Adam lr 2e-5, weight decay 1e-5, batch 1, at most 200 epochs, early
+    stopping on the validation loss (patience 15, not before epoch 20), class-weighted sampling, loss
+    CE + 0.1 L_RSL, the best-on-validation weights kept. With time/event labels the loss is the negative Cox
+    partial log-likelihood over each batch (our choice: batch_size 16, since a batch of 1 has no pairs).
+    """
+
+    labels: str = ""  # labels table (CSV / Parquet): slide, label[, patient] or slide, time, event[, patient]
+    features: str = ""  # folder of .h5 feature files named <slide>.h5 (or a .txt list)
+    splits: str = ""  # folder of split CSVs (care evaluate writes them); '' = made by patient with `seed`
+    fold: int = 0  # which fold of the splits to train
+    input: str = "slide"  # head input: slide (slide embedding) | roi (ROI feature)
+    max_patches: int = 0  # crop larger slides to this many patches per step (0 = whole slides)
+    patience: int = 15  # epochs without a better validation loss before stopping ...
+    min_epochs: int = 20  # ... but never before this epoch
+    batch_size: int = 1
+    epochs: int = 200
+    lr: float = 2e-5
+    min_lr: float = 2e-5  # constant learning rate
+    warmup_epochs: float = 0.0
+    weight_decay: float = 1e-5
+    weight_decay_end: float = 1e-5
+    optimizer: str = "adam"
+    checkpoint_every: int = 1000
+
+    def check(self) -> None:
+        super().check()
+        if not self.labels or not self.features:
+            raise TrainingConfigError("fine-tuning needs `labels` (a labels table) and `features` (a folder of .h5 files)")
+        if self.input not in ("slide", "roi"):
+            raise TrainingConfigError(f"input={self.input!r} must be 'slide' or 'roi'")
+        if self.patience < 1 or self.min_epochs < 0 or self.fold < 0 or self.max_patches < 0:
+            raise TrainingConfigError("patience >= 1, min_epochs >= 0, fold >= 0 and max_patches >= 0 are needed")
+
+
+STAGES = {"1": StageIConfig, "2": StageIIConfig, "finetune": FinetuneConfig}
 
 
 def config_from_dict(stage: str, values: dict) -> _Common:
     """Build the config of ``stage`` ('1' | '2'); unknown keys are a TrainingConfigError listing the valid ones."""
     cls = STAGES[str(stage)]
+    name = {"1": "Stage 1", "2": "Stage 2", "finetune": "fine-tuning"}[str(stage)]
     if not isinstance(values, dict):
-        raise TrainingConfigError(f"a Stage {stage} config must be a table of keys, got {type(values).__name__}")
+        raise TrainingConfigError(f"a {name} config must be a table of keys, got {type(values).__name__}")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise TrainingConfigError(f"unknown Stage {stage} config key(s) {unknown}; valid keys: {sorted(known)}")
+        raise TrainingConfigError(f"unknown {name} config key(s) {unknown}; valid keys: {sorted(known)}")
     try:
         cfg = cls(**values)
     except TypeError as exc:
-        raise TrainingConfigError(f"Stage {stage} config: {exc}") from exc
+        raise TrainingConfigError(f"{name} config: {exc}") from exc
     for f in fields(cls):  # ill-typed values (e.g. batch_size = "abc") fail here, not mid-run
         value, default = getattr(cfg, f.name), f.default
         if isinstance(default, (int, float)) and not isinstance(default, bool):

@@ -28,6 +28,9 @@ class StageSetup:
     export_meta: dict  # encoder / feature_mpp / patch_px for the final CARE checkpoint
     source: str  # what the samples come from (for messages)
     counts: dict = field(default_factory=dict)  # reported in the start event (e.g. samples skipped)
+    epoch_order: object = None  # (epoch, n) -> sample order of an epoch (None: a seeded permutation)
+    validate: object = None  # objective -> {"val_loss": ..., ...} after each epoch (early stopping, best weights)
+    export_head: object = None  # (objective, run_dir, care_sha256, best validation) -> head path
 
 
 def feature_files(spec: str) -> list[Path]:
@@ -237,4 +240,6 @@ def _stage2(cfg, run_dir: Path) -> StageSetup:
 
 
 def build_stage(stage: str, cfg, run_dir: Path) -> StageSetup:
-    return {"1": _stage1, "2": _stage2}[str(stage)](cfg, run_dir)
+    from care_core.train.finetune import build_finetune
+
+    return {"1": _stage1, "2": _stage2, "finetune": build_finetune}[str(stage)](cfg, run_dir)

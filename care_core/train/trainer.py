@@ -39,7 +39,8 @@ __all__ = ["TrainEvent", "train", "pretrain", "load_run", "cosine_schedule", "la
 
 @dataclass
 class TrainEvent:
-    """Progress of a run. kind: start | step | checkpoint | end. eta_s: seconds left (None before the first step)."""
+    """Progress of a run. kind: start | step | validate (fine-tuning, after each epoch) | checkpoint | end.
+    eta_s: seconds left (None before the first step)."""
 
     kind: str
     step: int
@@ -125,12 +126,14 @@ def _any_nonfinite(x: float, world: int) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- data order
-def step_samples(step: int, n_samples: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> tuple[int, np.ndarray]:
-    """(epoch, sample indices of this process) for optimiser step ``step``: a seeded permutation per epoch,
-    consecutive batches of ``batch_size``, and every ``world``-th sample of a batch for process ``rank``."""
+def step_samples(step: int, n_samples: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 order=None) -> tuple[int, np.ndarray]:
+    """(epoch, sample indices of this process) for optimiser step ``step``: a seeded permutation per epoch
+    (or ``order(epoch, n)``), consecutive batches of ``batch_size``, and every ``world``-th sample of a batch
+    for process ``rank``."""
     per_epoch = n_samples // batch_size
     epoch, pos = divmod(step, per_epoch)
-    perm = np.random.default_rng([int(seed), int(epoch), 0x5EED]).permutation(n_samples)
+    perm = order(epoch, n_samples) if order else np.random.default_rng([int(seed), int(epoch), 0x5EED]).permutation(n_samples)
     return epoch, perm[pos * batch_size : (pos + 1) * batch_size][rank::world]
 
 
@@ -145,12 +148,13 @@ class _StepData:
         return self.make_sample(int(i), int(epoch))
 
 
-def _loader(make_sample, start: int, total: int, n_samples: int, cfg, rank: int, world: int):
+def _loader(setup, start: int, total: int, cfg, rank: int, world: int):
     from torch.utils.data import DataLoader
 
-    batches = [[(e, int(i)) for i in idx] for e, idx in (step_samples(s, n_samples, cfg.batch_size, cfg.seed, rank, world) for s in range(start, total))]
+    steps = (step_samples(s, setup.n_samples, cfg.batch_size, cfg.seed, rank, world, setup.epoch_order) for s in range(start, total))
+    batches = [[(e, int(i)) for i in idx] for e, idx in steps]
     return DataLoader(
-        _StepData(make_sample), batch_sampler=batches, collate_fn=list, num_workers=cfg.num_workers,
+        _StepData(setup.make_sample), batch_sampler=batches, collate_fn=list, num_workers=cfg.num_workers,
         persistent_workers=False, prefetch_factor=2 if cfg.num_workers else None,
     )
 
@@ -222,7 +226,7 @@ def train(cfg, run_dir: str | Path, *, stage: str | None = None, resume: bool = 
     from care_core.train.stages import build_stage
 
     run_dir = Path(run_dir)
-    stage = stage or {"StageIConfig": "1", "StageIIConfig": "2"}[type(cfg).__name__]
+    stage = stage or {"StageIConfig": "1", "StageIIConfig": "2", "FinetuneConfig": "finetune"}[type(cfg).__name__]
     cfg.check()
     rank, world = _dist()
     if cfg.batch_size % world:
@@ -244,13 +248,16 @@ def train(cfg, run_dir: str | Path, *, stage: str | None = None, resume: bool = 
     params = [p for p in student.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2 and p.numel() > p.shape[-1]]  # weights; not biases, norms, tokens
     no_decay = [p for p in params if not (p.ndim >= 2 and p.numel() > p.shape[-1])]
-    opt = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    optim = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    opt = optim([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
 
     start = 0
+    early = {"best": math.inf, "best_epoch": -1, "bad": 0, "metrics": {}}  # early stopping on val_loss
     if resume and (ckpt := latest_checkpoint(run_dir)) is not None:
         state = _load_state(ckpt)
         objective.load_state_dict(state["objective"])
         opt.load_state_dict(state["optimizer"])
+        early = json.loads(state.get("early", json.dumps(early)))
         torch.set_rng_state(state["torch_rng"])
         if torch.cuda.is_available() and state.get("cuda_rng"):
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -275,6 +282,7 @@ def train(cfg, run_dir: str | Path, *, stage: str | None = None, resume: bool = 
                 "optimizer": opt.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "early": json.dumps(early),
             })
             _prune(run_dir, cfg.keep_checkpoints)
         return path
@@ -282,7 +290,8 @@ def train(cfg, run_dir: str | Path, *, stage: str | None = None, resume: bool = 
     yield TrainEvent("start", start, total, start // per_epoch, metrics=dict(setup.counts))
     t0, done_at_t0 = time.perf_counter(), start
     objective.train()
-    for step, batch in enumerate(_loader(setup.make_sample, start, total, n_samples, cfg, rank, world), start=start):
+    done = start
+    for step, batch in enumerate(_loader(setup, start, total, cfg, rank, world), start=start):
         epoch = step // per_epoch
         lr = cosine_schedule(step, total, cfg.lr, cfg.min_lr, warmup)
         wd = cosine_schedule(step, total, cfg.weight_decay, cfg.weight_decay_end)
@@ -319,16 +328,40 @@ def train(cfg, run_dir: str | Path, *, stage: str | None = None, resume: bool = 
                     for k, v in row.items():
                         tb.add_scalar(k, v, done)
             yield TrainEvent("step", done, total, epoch, logs, lr, rate, eta)
+        stop = False
+        if setup.validate is not None and done % per_epoch == 0:
+            val = setup.validate(objective)
+            if val["val_loss"] < early["best"]:
+                early.update(best=val["val_loss"], best_epoch=epoch, bad=0, metrics=val)
+                if rank == 0:
+                    _save_state(run_dir / "best.pt", {"student": student.state_dict(), "epoch": epoch})
+            else:
+                early["bad"] += 1
+            stop = epoch + 1 >= cfg.min_epochs and early["bad"] >= cfg.patience
+            if rank == 0:
+                with open(metrics_path, "a") as fh:
+                    fh.write(json.dumps({"step": done, "epoch": epoch, **val, "best_epoch": early["best_epoch"]}) + "\n")
+            yield TrainEvent("validate", done, total, epoch, {**val, "best_epoch": early["best_epoch"]}, lr, rate, eta)
+        if stop:
+            break
         if done % cfg.checkpoint_every == 0 and done < total:
             yield TrainEvent("checkpoint", done, total, epoch, path=str(checkpoint(done)))
-    checkpoint(total)
+    checkpoint(done)
     out = run_dir / "care"
     if rank == 0:
+        if setup.validate is not None:  # the best-on-validation weights, not the last ones
+            student.load_state_dict(_load_state(run_dir / "best.pt")["student"])
         model = objective.export_model()
-        save_checkpoint(model, out, **setup.export_meta, extra={"stage": stage, "steps": total, "run": run_dir.name})
+        save_checkpoint(model, out, **setup.export_meta, extra={"stage": stage, "steps": done, "run": run_dir.name})
+        if setup.export_head is not None:
+            from care_core.model import read_checkpoint_meta
+
+            head = setup.export_head(objective, run_dir, read_checkpoint_meta(out).tensors_sha256,
+                                     {**early["metrics"], "best_epoch": early["best_epoch"]})
+            yield TrainEvent("checkpoint", done, total, cfg.epochs, path=str(head))
     if tb is not None:
         tb.close()
-    yield TrainEvent("end", total, total, cfg.epochs, path=str(out) + ".safetensors")
+    yield TrainEvent("end", done, total, cfg.epochs, path=str(out) + ".safetensors")
     return out.with_suffix(".safetensors")
 
 
