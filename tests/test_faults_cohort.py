@@ -60,7 +60,7 @@ def test_unreadable_or_incomplete_output_is_redone_never_trusted(slides, tmp_pat
     (row,) = run_cohort(slides[:1], out, **KW).rows
     assert row.status == "done" and row.error == "" and re.match(said, row.note), row.note
     assert load_features(out / "s0.h5").n_patches == row.n_patches > 0
-    assert sorted(p.name for p in out.iterdir()) == ["s0.h5"]
+    assert sorted(p.name for p in out.iterdir()) == ["extract_summary.csv", "s0.h5"]
     assert "redone: the old s0.h5" in cohort.format_summary(cohort.CohortSummary([row], out, "stain-texture"))
 
 
@@ -71,7 +71,7 @@ def test_one_slide_on_a_full_disk_is_one_line_in_process(slides, small_disk, no_
     assert re.fullmatch(rf"OutputError: disk full: {small_disk} has [\d.]+ kB \(\d+ bytes\) free but writing "
                         rf"{small_disk / 's0.h5'} needs about [\d.]+ kB \(\d+ bytes\); free space there or choose another "
                         r"output folder \(nothing was left half-written\)", row.error), row.error
-    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+    assert sorted(p.name for p in small_disk.iterdir()) == ["extract_summary.csv", "filler"]  # no .h5, no temp
 
 
 def test_full_disk_stops_the_cohort_with_no_retry_storm(slides, small_disk):
@@ -82,7 +82,7 @@ def test_full_disk_stops_the_cohort_with_no_retry_storm(slides, small_disk):
     for row in rest:  # not retried on other workers, not KilledWorker: stopped after the first full-disk failure
         assert row.status == "failed" and (row.error.startswith("OutputError: disk full")
                                            or row.error == "not run: the output disk is full (see s0.svs)"), row.error
-    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+    assert sorted(p.name for p in small_disk.iterdir()) == ["extract_summary.csv", "filler"]  # no .h5, no temp
 
 
 def test_bad_output_folder_fails_before_any_work(slides, tmp_path, no_cluster):
@@ -136,6 +136,8 @@ def test_ctrl_c_on_a_cluster_run_is_one_line_and_leaves_no_temp_or_worker(tmp_pa
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
     for h5 in out.glob("*.h5"):  # whatever finished is complete
         assert load_features(h5).n_patches > 0
+    table = (out / "extract_summary.csv").read_text().splitlines()
+    assert len(table) == 4 and "not run: the run was interrupted" in table[-1] or (out / "c2.h5").exists()
     time.sleep(1.0)
     assert not [w for w in workers if os.path.exists(f"/proc/{w}") and "zombie" not in open(f"/proc/{w}/status").read()]
 

@@ -46,7 +46,13 @@ def test_cohort_runs_reports_failures_and_resumes(cohort):
     assert (pf.mpp, pf.patch_px, pf.patch_size_level0) == (0.5, 512, 512)
     empty = load_features(out / "blank.h5")
     assert empty.features.shape == (0, 230) and blank.n_patches == 0 and "no" in blank.error.lower()
-    assert sorted(p.name for p in out.iterdir()) == ["blank.h5", "good.h5"]  # no temp files, nothing for broken
+    assert sorted(p.name for p in out.iterdir()) == ["blank.h5", "extract_summary.csv", "good.h5"]  # no temp files
+    import csv
+
+    with open(out / "extract_summary.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert [(r["slide"], r["status"], r["n_patches"], r["error"]) for r in table] == [
+        (r.slide, r.status, str(r.n_patches), r.error) for r in summary.rows]
 
     table = format_summary(summary)
     lines = table.splitlines()

@@ -5,7 +5,8 @@ this run's encoder and grid; those are skipped. An unreadable or incomplete one 
 so). Outputs are written to a temp file (`.<stem>.h5.*.tmp`) and renamed, so a crash never leaves a file
 that looks finished; the temp files of killed runs are removed at the next run. A failing slide becomes a
 "failed" row with its error and the others go on, except after a full disk, which stops the run (every
-later slide would fail the same way). A single slide runs in this process: no cluster to start.
+later slide would fail the same way). A single slide runs in this process: no cluster to start. Every
+run, even an interrupted one, leaves its rows in `<out_dir>/extract_summary.csv`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import threading
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable
@@ -29,6 +30,7 @@ from care_core.errors import InvalidInputError
 __all__ = ["SlideEntry", "CohortRow", "CohortSummary", "run_cohort", "read_slide_list_csv", "format_summary"]
 
 STATUSES = ("done", "skipped", "failed", "empty")
+SUMMARY_NAME = "extract_summary.csv"  # written into the output folder at the end of every run (even interrupted)
 
 
 @dataclass(frozen=True)
@@ -275,9 +277,12 @@ def run_cohort(
             if progress is not None:
                 progress(rows[i])
         elif todo:
-            rows.update(_run_tasks(todo, cfg, scheduler, n_workers, mpp_override, progress))
+            _run_tasks(todo, cfg, scheduler, n_workers, mpp_override, progress, rows)
     finally:  # workers stopped mid-write (interrupt, crash) leave temp files: theirs are dead now
         remove_stale_temps(out_dir)
+        for i, e in enumerate(entries):  # only when interrupted
+            rows.setdefault(i, CohortRow(str(e.path), "failed", error="not run: the run was interrupted"))
+        _write_summary_csv(rows, out_dir / SUMMARY_NAME)
     summary = CohortSummary([rows[i] for i in range(len(entries))], out_dir, spec.name)
     for row in summary.rows:
         if row.status == "empty":
@@ -310,7 +315,25 @@ def _quiet_cluster_start():
             signal.signal(signal.SIGINT, old)
 
 
-def _run_tasks(todo, cfg: dict, scheduler: str | None, n_workers: int, mpp_override, progress) -> dict[int, CohortRow]:
+def _write_summary_csv(rows: dict[int, CohortRow], path: Path) -> None:
+    """The rows as a CSV (one line per slide, input order), written atomically; a failure to write it (a full
+    disk) never hides the run's own outcome."""
+    from care_core._atomic import atomic_path
+
+    names = [f.name for f in fields(CohortRow)]
+    try:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=names, lineterminator="\n")
+            writer.writeheader()
+            for i in sorted(rows):
+                writer.writerow({**asdict(rows[i]), "seconds": f"{rows[i].seconds:.2f}"})
+    except OSError as exc:
+        warnings.warn(f"could not write the run summary {path} ({exc})", stacklevel=3)
+
+
+def _run_tasks(todo, cfg: dict, scheduler: str | None, n_workers: int, mpp_override, progress,
+               rows: dict[int, CohortRow]) -> None:
+    """Run `todo` on a cluster, adding each slide's row to `rows` as it finishes (kept when interrupted)."""
     import dask
     from distributed import Client, LocalCluster, as_completed
 
@@ -326,7 +349,7 @@ def _run_tasks(todo, cfg: dict, scheduler: str | None, n_workers: int, mpp_overr
                               key=f"care-extract-{out.stem}-{os.getpid()}-{time.time_ns()}", pure=False): (i, e)
                 for i, e, out, why in todo
             }
-            rows, full = {}, None
+            full = None
             for future in as_completed(futures):
                 i, e = futures[future]
                 try:
@@ -347,7 +370,6 @@ def _run_tasks(todo, cfg: dict, scheduler: str | None, n_workers: int, mpp_overr
                     if i not in rows or rows[i].error.startswith("worker process died"):
                         rows[i] = CohortRow(str(e.path), "failed", 0, 0.0,
                                             f"not run: the output disk is full (see {Path(full.slide).name})")
-            return rows
     finally:
         if cluster is not None:
             cluster.close()
