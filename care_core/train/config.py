@@ -105,6 +105,7 @@ class StageIIConfig(_Common):
     gene_vectors: str = ""  # optional per-gene identity vectors (.safetensors / .npz with names)
     protein_vectors: str = ""  # optional per-protein identity vectors
     top_proteins: int = 10  # proteins per sample (the most abundant)
+    sample_genes: int = 256  # genes encoded per training step, a random subset (0 = all; evaluation uses all)
     lr: float = 1e-4
     warmup_epochs: float = 2.0
     weight_decay: float = 0.05

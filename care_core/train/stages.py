@@ -223,7 +223,8 @@ def _stage2(cfg, run_dir: Path) -> StageSetup:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 1)
         if cfg.modality == "rna":
-            mol = RNAEncoder(data.genes, dim=cfg.mol_dim, depth=cfg.mol_depth, heads=cfg.mol_heads, init_vectors=cfg.gene_vectors or None)
+            mol = RNAEncoder(data.genes, dim=cfg.mol_dim, depth=cfg.mol_depth, heads=cfg.mol_heads,
+                             sample_genes=cfg.sample_genes or None, init_vectors=cfg.gene_vectors or None)
         else:
             mol = ProteinEncoder(data.proteins, dim=cfg.mol_dim, depth=cfg.mol_depth, heads=cfg.mol_heads, top_k=cfg.top_proteins,
                                  init_vectors=cfg.protein_vectors or None)
