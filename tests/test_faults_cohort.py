@@ -157,3 +157,20 @@ def test_bad_numbers_fail_before_any_work(slides, tmp_path, no_cluster, kw, said
     with pytest.raises(InvalidInputError, match=f"^{said}$"):
         run_cohort(slides[:1], tmp_path / "out", **{**KW, **kw})
     assert not (tmp_path / "out").exists()
+
+
+def test_finished_file_from_other_weights_is_not_taken_as_finished(slides, tmp_path, no_cluster):
+    import hashlib
+
+    out, weights = tmp_path / "out", tmp_path / "w.bin"
+    weights.write_bytes(b"new weights")
+    old = PatchFeatures(np.ones((2, 230), np.float32), [[0, 0], [512, 0]], 512, mpp=0.5, patch_px=512,
+                        encoder="stain-texture", weights_sha256=hashlib.sha256(b"old weights").hexdigest())
+    old.save(out / "s0.h5")
+    (row,) = run_cohort(slides[:1], out, weights=weights, **KW).rows
+    assert row.status == "failed" and re.fullmatch(
+        rf"{re.escape(str(out / 's0.h5'))} was made with other 'stain-texture' weights \(sha256 [0-9a-f]{{12}}…, not "
+        r"[0-9a-f]{12}… of --weights\); write to another --out folder or delete it", row.error), row.error
+    old.weights_sha256 = hashlib.sha256(b"new weights").hexdigest()
+    old.save(out / "s0.h5")
+    assert run_cohort(slides[:1], out, weights=weights, **KW).rows[0].status == "skipped"

@@ -182,6 +182,7 @@ def _existing(path: Path, encoder_name: str, cfg: dict) -> tuple[str, int, str]:
             if len(coords):  # the last rows are the last bytes written: a cut file fails here
                 feats[-1], coords[-1]
             made = (str(f.attrs.get("encoder", "")), f.attrs.get("mpp"), f.attrs.get("patch_px"))
+            made_sha = str(f.attrs.get("weights_sha256", ""))
             n = int(coords.shape[0])
     except Exception as exc:  # any h5py/OS error: the file is not something to trust
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -195,6 +196,10 @@ def _existing(path: Path, encoder_name: str, cfg: dict) -> tuple[str, int, str]:
         return "failed", 0, (f"{path} exists from encoder {made[0]!r} at {made[1]} µm/px, {made[2]} px, not "
                              f"{wanted[0]!r} at {wanted[1]:g} µm/px, {wanted[2]} px; write to another --out folder or "
                              "delete it")
+    sha = cfg.get("weights_sha256")
+    if sha and made_sha and made_sha != sha:  # same encoder name, other weights: its features are not this run's
+        return "failed", 0, (f"{path} was made with other {encoder_name!r} weights (sha256 {made_sha[:12]}…, not "
+                             f"{sha[:12]}… of --weights); write to another --out folder or delete it")
     return "skipped", n, ""
 
 
@@ -259,6 +264,10 @@ def run_cohort(
     cfg = {"encoder": encoder, "weights": None if weights is None else str(weights), "device": device,
            "target_mpp": float(target_mpp), "patch_px": int(patch_px), "min_tissue": float(min_tissue),
            "batch_size": int(batch_size), "read_threads": int(read_threads)}
+    if weights is not None and Path(weights).is_file():  # finished files must come from these very weights
+        from care_core.features.timm_encoders import sha256_file
+
+        cfg["weights_sha256"] = sha256_file(weights)
     rows: dict[int, CohortRow] = {}
     todo = []
     for i, e in enumerate(entries):
