@@ -175,14 +175,15 @@ class InspectorPanel(QWidget):
         self.table.blockSignals(True)
         try:
             self.table.clearSelection()
-            if region_id is not None:
-                row = self.table_order().index(region_id)
+            order = self.table_order()
+            if region_id in order:
+                row = order.index(region_id)
                 self.table.selectRow(row)
                 self.table.scrollToItem(self.table.item(row, 0))
         finally:
             self.table.blockSignals(False)
-        self.details.setText("Click a region on the slide, or a row below." if region_id is None else
-                             self.describe(region_id, rich=True))
+        known = region_id is not None and 0 <= region_id < len(self.rows)
+        self.details.setText(self.describe(region_id, rich=True) if known else "Click a region on the slide, or a row below.")
 
     def describe(self, region_id: int, *, rich: bool = False) -> str:
         """Readable values of one region: size, π/α/β, ROI, each head's prediction."""

@@ -328,6 +328,7 @@ class CareWidget(QWidget):
         self._slide = layer
         self.result = result
         self.select_region(None)
+        yield "prepared"
         keys = []
         for data, kwargs, kind in new_layers:
             meta = kwargs["metadata"] = {**kwargs["metadata"], "care_source": layer.name}
@@ -342,7 +343,9 @@ class CareWidget(QWidget):
                 self.viewer.layers.remove(old)
         self.inspector.set_encoding(enc, model_label=model_label)
         self.export_button.setEnabled(True)
-        self.viewer.layers.selection.active = self.layers["regions"]
+        yield "inspector"
+        self.viewer.layers.selection.active = self.layers["regions"]  # napari builds its layer controls here
+        yield "selection"
         self.tabs.setCurrentIndex(1)
         self.showing = False
         self.result_shown.emit()

@@ -1,16 +1,21 @@
-"""The demo: the synthetic sample slide through the whole pipeline, looked at in napari.
+"""The demo: the synthetic sample slide through the whole product, looked at in napari.
 
-Writes to --out (default demo-output/): the sample slide (written once; + mask), thumbnail_overlay.png (tissue outline and
-patch grid over the thumbnail), features/<slide>.h5 (stain-texture patch features), care/ (slide and ROI
-embeddings, region table CSV, QuPath GeoJSON), napari_screenshot.png (the slide opened with the plugin, µm scale
-bar), napari_regions.png (the CARE widget run on it: regions and ROI over the slide) and
-napari_full_resolution.png (level 0 at a corner of the ROI). The CARE model is untrained (random
-weights, seed 0): its regions are close to the k×k squares until a trained checkpoint is used.
+Opens a shown napari window, runs the CARE widget on the sample slide as a user would (tissue → stain-texture
+features → CARE with the shipped demo checkpoint, or an untrained CARE when it is not installed → the heads
+given with --head), selects a region in the inspector and exports the result. Writes to --out (default
+demo-output/):
+  sample slide (written once) + its compartment mask; thumbnail_overlay.png (tissue outline, patch grid);
+  <slide>_regions.geojson (QuPath), _regions.xml (ASAP), _regions.ome.tif (label mask), _regions.csv (table),
+  _encoding.npz (embeddings); napari_screenshot.png (the slide), napari_regions.png (regions, ROI, a
+  selected region in the inspector), napari_full_resolution.png (level 0 at the ROI's edge);
+  cache/ (features and encodings: a second `make demo` reads them instead of computing).
+With --readme-images DIR it also writes the README's JPEGs there.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -42,72 +47,101 @@ def write_overlay(slide, tissue, grid, path: Path) -> None:
     plt.close(fig)
 
 
-def _settle() -> None:
+def _settle(seconds: float = 3.0) -> None:
     """Let napari load the tiles in view (they arrive asynchronously)."""
     from qtpy.QtWidgets import QApplication
 
-    for _ in range(30):
-        QApplication.processEvents()
-        time.sleep(0.1)
-
-
-def napari_screenshots(slide_path: Path, out: Path) -> None:
-    """Open the slide in a shown napari window with the plugin; screenshot it, then run the CARE widget as a
-    user would (it computes its own features in a worker thread) and screenshot the regions and level 0."""
-    import napari
-    from qtpy.QtWidgets import QApplication
-
-    viewer = napari.Viewer(show=True)
-    viewer.window.resize(1400, 950)
-    viewer.open(str(slide_path), plugin="napari-care")
-    viewer.canvas.overlays.scale_bar.visible = True  # units come from the layer (µm)
-    viewer.reset_view()
-    _settle()
-    viewer.screenshot(str(out / "napari_screenshot.png"), canvas_only=False)
-    _, widget = viewer.window.add_plugin_dock_widget("napari-care", "CARE regions")
-    widget.run_button.clicked.emit()
-    while widget.worker is not None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
         QApplication.processEvents()
         time.sleep(0.05)
-    print(f"napari widget  {widget.status.value}")
-    viewer.reset_view()  # the dock took part of the canvas
+
+
+def _wait(done) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    while not done():
+        QApplication.processEvents()
+        time.sleep(0.05)
+
+
+def _grab(viewer, path: Path) -> None:
+    """The whole window (canvas, layer list and the CARE dock) as a PNG."""
+    viewer.window._qt_window.grab().save(str(path))
+
+
+def napari_demo(slide_path: Path, out: Path, heads: list[Path]) -> None:
+    """Open the slide in a shown napari window, run the CARE widget, inspect a region, export, screenshot."""
+    import napari
+
+    from napari_care._widget import DEMO, camera
+
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1600, 1000)
+    viewer.open(str(slide_path), plugin="napari-care")
+    viewer.reset_view()
     _settle()
-    viewer.screenshot(str(out / "napari_regions.png"), canvas_only=False)
-    # full resolution, at a corner of the ROI: the pyramid serves the level-0 tiles in view only
-    top, left = viewer.layers[-1].data[0].min(axis=0)  # ROI outline, µm
+    _grab(viewer, out / "napari_screenshot.png")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-care", "CARE regions")
+    if widget.checkpoint.value != DEMO:
+        print("checkpoint     the demo checkpoint is not installed: an untrained CARE (seed 0) runs")
+    widget.heads.value = heads
+    t0 = time.perf_counter()
+    widget.run_button.click()
+    _wait(lambda: not widget.busy())
+    print(f"napari widget  {widget.status.text()} ({time.perf_counter() - t0:.1f} s from Run to regions on screen)")
+    if widget.result is None:
+        raise SystemExit(f"demo: the run failed: {widget.status.text()}")
+    enc = widget.result.encoding
+    print("stages         " + ", ".join(f"{k} {v:.1f} s" for k, v in widget.result.timings.items()))
+    # select the heaviest region that is not the ROI, so the window shows both outlines
+    others = [r for r in np.argsort(-enc.pi) if r != enc.roi]
+    widget.select_region(int(others[0]) if others else int(enc.roi))
+    viewer.reset_view()
+    _settle()
+    _grab(viewer, out / "napari_regions.png")
+    widget.export_to(out)
+    _wait(lambda: widget.export_button.isEnabled())  # disabled while the export worker runs
+    print(f"exports        {widget.status.text()}")
+    # full resolution at the ROI's top-left corner: the pyramid serves the level-0 tiles in view only
+    roi = widget.layers["roi"]
+    top, left = np.concatenate(roi.data).min(axis=0)
     for layer in viewer.layers[1:]:
-        layer.visible = False
-    viewer.scene.camera.center = (top, left)
-    viewer.scene.camera.zoom = 1.0 / viewer.layers[0].scale[0]  # screen px per µm: one screen px per level-0 px
+        layer.visible = layer is roi
+    camera(viewer).center = (top + 150, left + 250)
+    camera(viewer).zoom = 1.0 / viewer.layers[0].scale[0]  # one screen px per level-0 px
     _settle()
-    viewer.screenshot(str(out / "napari_full_resolution.png"), canvas_only=False)
+    _grab(viewer, out / "napari_full_resolution.png")
     viewer.close()
 
 
-def run_care(slide, tissue, grid, out: Path) -> None:
-    """stain-texture features of the grid, then an untrained CARE over them; writes features and CARE outputs."""
-    from care_core.encode import encode_paths
-    from care_core.features import extract_features, get_encoder
-    from care_core.model import CARE, SlideEncoding
+def readme_images(out: Path, folder: Path) -> None:
+    """Small JPEGs of the demo's pictures for the README (longest side 1200 px)."""
+    from PIL import Image
 
-    t0 = time.perf_counter()
-    features = extract_features(slide, grid, get_encoder("stain-texture"))
-    feature_path = features.save(out / "features" / f"{Path(slide.path).stem}.h5")
-    print(f"features       {feature_path} {features.features.shape} ({time.perf_counter() - t0:.1f} s)")
-    t0 = time.perf_counter()
-    model = CARE.from_seed(0, input_dim=features.dim)
-    written = encode_paths([feature_path], model, out / "care")
-    encoding = SlideEncoding.load_npz(next(p for p in written if p.suffix == ".npz"))
-    print(f"CARE           {encoding.n_regions} regions, ROI = region {encoding.roi} ({time.perf_counter() - t0:.1f} s)")
+    from care_core._atomic import atomic_path
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for src, dst in (("napari_screenshot.png", "napari_slide.jpg"), ("napari_regions.png", "napari_regions.jpg"),
+                     ("napari_full_resolution.png", "napari_full_resolution.jpg"),
+                     ("thumbnail_overlay.png", "thumbnail_overlay.jpg")):
+        img = Image.open(out / src).convert("RGB")
+        img.thumbnail((1200, 1200))
+        with atomic_path(folder / dst) as tmp:
+            img.save(tmp, format="JPEG", quality=80, optimize=True)
+        print(f"readme image   {folder / dst} ({(folder / dst).stat().st_size // 1024} KB)")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
     parser.add_argument("--width-px", type=int, default=24000)
     parser.add_argument("--height-px", type=int, default=18000)
+    parser.add_argument("--head", type=Path, action="append", default=[], help="a saved prediction head (repeatable)")
+    parser.add_argument("--readme-images", type=Path, default=None, help="also write the README's JPEGs here")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    os.environ["NAPARI_CARE_CACHE"] = str((args.out / "cache").resolve())  # results cached beside the demo
 
     from care_core.synth import ensure_sample_slide
     from care_core.wsi import detect_tissue, open_slide, patch_grid
@@ -115,14 +149,14 @@ def main() -> None:
     t0 = time.perf_counter()
     sample = ensure_sample_slide(args.out, width_px=args.width_px, height_px=args.height_px, seed=0)
     print(f"sample slide   {sample.slide_path} ({time.perf_counter() - t0:.1f} s)")
-
     with open_slide(sample.slide_path) as slide:
         tissue = detect_tissue(slide)
         grid = patch_grid(slide, tissue)
         write_overlay(slide, tissue, grid, args.out / "thumbnail_overlay.png")
         print(f"tissue         {tissue.area_mm2:.1f} mm², {len(grid.coords)} patches at 0.5 µm/px")
-        run_care(slide, tissue, grid, args.out)
-    napari_screenshots(sample.slide_path, args.out)
+    napari_demo(sample.slide_path, args.out, args.head)
+    if args.readme_images is not None:
+        readme_images(args.out, args.readme_images)
     print(f"outputs        {args.out}/")
 
 

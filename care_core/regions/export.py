@@ -21,7 +21,7 @@ __all__ = [
 
 ROI_CLASS, REGION_CLASS = "CARE ROI", "CARE region"
 ROI_COLOR = (255, 215, 0)  # gold: the region palette leaves out the hues around it
-_ROI_HUE_GAP = (0.07, 0.23)  # hues (0-1) no region colour takes, so no region looks like the ROI
+_ROI_HUE_GAP = (0.05, 0.30)  # hues (0-1) no region colour takes, so no region looks like the ROI
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
