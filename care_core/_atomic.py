@@ -13,7 +13,9 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -131,6 +133,31 @@ def _unlink_quietly(path: Path) -> None:
 
 
 @contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then act on the first one as its handler would."""
+    if threading.current_thread() is not threading.main_thread():  # Python runs handlers in the main thread only
+        yield
+        return
+    caught: list = []
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: h for s, h in old.items() if h is not None}  # None: set outside Python, left alone
+    for s in old:
+        signal.signal(s, lambda signum, frame: caught.append((signum, frame)))
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if caught:
+            signum, frame = caught[0]
+            handler = old[signum]
+            if callable(handler):
+                handler(signum, frame)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(signum)
+
+
+@contextmanager
 def atomic_paths(paths: Sequence[str | os.PathLike], *, size_hint: int | None = None) -> Iterator[list[Path]]:
     """Yield temp paths beside `paths` to write; on success each gets mode 0o666 & ~umask and replaces its
     path, the whole set renamed only after every file was written.
@@ -148,8 +175,9 @@ def atomic_paths(paths: Sequence[str | os.PathLike], *, size_hint: int | None = 
         mode = 0o666 & ~_umask()
         for tmp in tmps:
             os.chmod(tmp, mode)
-        for tmp, path in zip(tmps, paths):
-            os.replace(tmp, path)
+        with _signals_deferred():  # Ctrl-C / SIGTERM between two renames would leave part of the set
+            for tmp, path in zip(tmps, paths):
+                os.replace(tmp, path)
     except BaseException as exc:
         full = isinstance(exc, Exception) and _is_disk_full(exc)
         written = sum(t.stat().st_size for t in tmps if t.is_file()) if full else 0

@@ -134,7 +134,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     bar, counts = None, {"encoded": 0, "skipped": 0, "failed": 0}
     try:
         for r in iter_encode_paths(args.features, _encode_model(args), args.out, allow_pickle=args.allow_pickle,
-                                   keep_going=True):
+                                   keep_going=True, resume=not args.redo):
             bar = bar or tqdm(total=r.total, unit="slide", desc="encode")
             bar.update(1)
             kind = "failed" if r.error else "encoded" if r.written else "skipped"
@@ -317,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--allow-pickle", action="store_true",
                    help="also read the CARE authors' pickled .npy feature files (pickles can run code)")
+    p.add_argument("--redo", action="store_true",
+                   help="encode every file again (by default a slide whose outputs record the same features and model "
+                        "is skipped, so a stopped run resumes)")
     p.set_defaults(func=_cmd_encode)
 
     p = sub.add_parser("export", help="regions of an encoding as QuPath GeoJSON, ASAP XML, OME-TIFF mask, CSV, npz")

@@ -17,7 +17,8 @@ import numpy as np
 
 from care_core.errors import CareError, CheckpointError, FeatureFileError, MissingWeightsError, OutputError
 
-__all__ = ["encode_paths", "iter_encode_paths", "feature_files", "resolve_model", "EncodeResult", "OUTPUT_SUFFIXES"]
+__all__ = ["encode_paths", "iter_encode_paths", "feature_files", "resolve_model", "model_sha256", "EncodeResult",
+           "OUTPUT_SUFFIXES"]
 
 OUTPUT_SUFFIXES = ("_slide.npy", "_roi.npy", "_regions.csv", "_regions.geojson", "_encoding.npz")
 _FEATURE_SUFFIXES = (".h5", ".hdf5")
@@ -106,11 +107,51 @@ def _write_slide(enc, stem: str, out_dir: Path) -> list[Path]:
     return paths
 
 
-def _encode_one(care, meta, path: Path, out: Path, allow_pickle: bool) -> tuple[list[Path], str]:
-    """Written paths and a note for one feature file; raises CareError for a bad file."""
+def model_sha256(care) -> str:
+    """Identity of a CARE: its checkpoint's sha256 (config and tensors), else a sha256 over its config and
+    weights (an untrained or in-memory model)."""
+    import hashlib
+    import json
+
+    meta = getattr(care, "checkpoint_meta", None)
+    if meta is not None and meta.sha256:
+        return meta.sha256
+    h = hashlib.sha256(json.dumps(care.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(care.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    from care_core.features.timm_encoders import sha256_file
+
+    return sha256_file(path)
+
+
+def _up_to_date(path: Path, out: Path, model_id: str) -> bool:
+    """True when all of `path`'s outputs exist and its encoding records these very features and model."""
+    import json
+
+    paths = [out / f"{path.stem}{suffix}" for suffix in OUTPUT_SUFFIXES]
+    if not all(p.is_file() for p in paths):
+        return False
+    try:
+        with np.load(paths[-1], allow_pickle=False) as z:
+            meta = json.loads(str(z["meta_json"]))
+    except Exception:  # unreadable: redo it
+        return False
+    return meta.get("model_sha256") == model_id and meta.get("features_sha256") == _file_sha256(path)
+
+
+def _encode_one(care, meta, path: Path, out: Path, allow_pickle: bool, model_id: str | None) -> tuple[list[Path], str]:
+    """Written paths and a note for one feature file; raises CareError for a bad file. With `model_id`
+    (resume), a file whose outputs are up to date is skipped."""
     from care_core.features import check_compatible, load_features
     from care_core.model.checkpoint import check_features
 
+    if model_id is not None and _up_to_date(path, out, model_id):
+        return [], "skipped (outputs up to date)"
     features = load_features(path, allow_pickle=allow_pickle)
     if features.n_patches == 0:  # `care extract` writes these for slides without tissue
         warnings.warn(f"{path}: no patches (a slide without tissue); nothing to encode", stacklevel=3)
@@ -123,19 +164,22 @@ def _encode_one(care, meta, path: Path, out: Path, allow_pickle: bool) -> tuple[
     _check_encoding(enc, path)
     if meta is not None:
         enc.meta["checkpoint_sha256"] = meta.sha256 or meta.tensors_sha256
+    enc.meta["features_sha256"] = _file_sha256(path)
+    enc.meta["model_sha256"] = model_id or model_sha256(care)
     return _write_slide(enc, path.stem, out), ""
 
 
 def iter_encode_paths(
     inputs: Sequence[str | os.PathLike], model=None, out_dir: str | os.PathLike = ".", *, allow_pickle: bool = False,
-    keep_going: bool = False,
+    keep_going: bool = False, resume: bool = False,
 ) -> Iterator[EncodeResult]:
     """Generator form of ``encode_paths``: yields an ``EncodeResult`` per feature file.
 
     The output folder is checked (and temp files of killed runs removed) before the model is loaded.
     keep_going: a file that fails (unreadable, NaN features, wrong encoder...) gives a result with its
     one-line ``error`` and the next file goes on; otherwise the first failure raises. A full disk always
-    raises (every later slide would fail the same way).
+    raises (every later slide would fail the same way). resume: skip a file whose five outputs exist and
+    record the same feature file (sha256) and model (``model_sha256``); its result has no ``written``.
     """
     from care_core._atomic import check_output_dir, remove_stale_temps
 
@@ -146,9 +190,10 @@ def iter_encode_paths(
         warnings.warn(f"{out}: removed {len(stale)} temp file(s) left by killed runs", stacklevel=2)
     care = resolve_model(model)
     meta = getattr(care, "checkpoint_meta", None)
+    model_id = model_sha256(care)
     for i, path in enumerate(files):
         try:
-            written, note = _encode_one(care, meta, path, out, allow_pickle)
+            written, note = _encode_one(care, meta, path, out, allow_pickle, model_id if resume else None)
         except OutputError:
             raise
         except Exception as exc:

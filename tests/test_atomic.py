@@ -104,3 +104,26 @@ def test_real_writers_give_0644_under_umask_022(tmp_path, umask_022):
         "slide.h5": "0o644", "slide_regions.csv": "0o644", "slide_encoding.npz": "0o644"}
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)
     np.testing.assert_array_equal(SlideEncoding.load_npz(written[2]).patch_region, [0, 0, 1])
+
+
+def test_interrupt_during_the_renames_is_held_until_the_set_is_complete(tmp_path):
+    import signal
+
+    from care_core._atomic import atomic_paths
+
+    paths = [tmp_path / f"s_{i}.txt" for i in range(5)]
+    real_replace, seen = os.replace, []
+
+    def replace_then_interrupt(src, dst):  # a real SIGINT arrives right after the first rename
+        real_replace(src, dst)
+        seen.append(dst)
+        if len(seen) == 1:
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(os, "replace", replace_then_interrupt)
+            with atomic_paths(paths) as tmps:
+                for tmp in tmps:
+                    tmp.write_text("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in paths]  # all five, no temp

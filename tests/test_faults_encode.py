@@ -85,8 +85,8 @@ def test_full_disk_leaves_no_partial_output_set(tmp_path, small_disk, monkeypatc
 
 
 def test_full_disk_on_the_command_line_is_one_line(tmp_path, small_disk, capsys):
-    src = write_features(tmp_path / "big.h5", n_cols=80, n_rows=50)
-    (small_disk / "filler").write_bytes(b"x" * 900_000)
+    src = write_features(tmp_path / "big.h5")
+    (small_disk / "filler").write_bytes(b"x" * 1_000_000)  # leaves < 64 kB
     assert main(["encode", str(src), "--untrained", "0", "--out", str(small_disk)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"care encode: error: disk full: {small_disk} has ") and "Traceback" not in "".join(err)
@@ -118,12 +118,14 @@ def test_warnings_are_one_line_without_source(tmp_path, capsys):
     assert "warnings.warn(" not in err and "UserWarning" not in err
 
 
-@pytest.mark.parametrize(("sig", "code", "said"), [(signal.SIGINT, 130, "interrupted"),
-                                                   (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+@pytest.mark.parametrize(("sig", "code", "said"), [
+    (signal.SIGINT, 130, "interrupted"),
+    pytest.param(signal.SIGTERM, 143, "terminated (SIGTERM)", marks=pytest.mark.slow),  # same path, another signal
+])
 def test_signal_stops_cleanly_and_every_slide_has_all_outputs_or_none(tmp_path, sig, code, said):
     feats = tmp_path / "f"
     feats.mkdir()
-    for i in range(40):
+    for i in range(20):
         write_features(feats / f"s{i:02d}.h5", n_cols=10, n_rows=8, seed=i)
     out = tmp_path / "out"
     cmd = [sys.executable, "-c", "import sys; from care_core.cli import main; sys.exit(main())",
@@ -137,5 +139,31 @@ def test_signal_stops_cleanly_and_every_slide_has_all_outputs_or_none(tmp_path, 
     assert err.strip().splitlines()[-1] == f"care encode: {said}; partial outputs removed (finished ones are kept)"
     assert "Traceback" not in err
     sets = _outputs(out)
-    assert 1 <= len(sets) < 40 and not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert 1 <= len(sets) < 20 and not [p for p in out.iterdir() if p.name.startswith(".")]
     assert all(len(names) == len(OUTPUT_SUFFIXES) for names in sets.values()), sets
+
+
+def test_rerun_skips_up_to_date_slides_and_redoes_changed_ones(tmp_path, capsys):
+    from care_core.encode import iter_encode_paths
+
+    feats, out = tmp_path / "f", tmp_path / "out"
+    feats.mkdir()
+    for name, seed in (("a", 0), ("b", 1), ("c", 2)):
+        write_features(feats / f"{name}.h5", seed=seed)
+    model = CARE.from_seed(0, **SMALL)
+
+    def run(m):
+        return [(r.path.name, bool(r.written), r.note) for r in iter_encode_paths([feats], m, out, resume=True)]
+
+    assert run(model) == [("a.h5", True, ""), ("b.h5", True, ""), ("c.h5", True, "")]
+    stamp = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    write_features(feats / "b.h5", seed=5)  # new features for b
+    (out / "c_roi.npy").unlink()  # an incomplete set for c
+    assert run(model) == [("a.h5", False, "skipped (outputs up to date)"), ("b.h5", True, ""), ("c.h5", True, "")]
+    assert all((out / n).stat().st_mtime_ns == t for n, t in stamp.items() if n.startswith("a_"))
+    assert [w for _, w, _ in run(CARE.from_seed(1, **SMALL))] == [True, True, True]  # another model
+    argv = ["encode", str(feats / "a.h5"), "--untrained", "0", "--out", str(tmp_path / "o2")]
+    assert main(argv) == 0 and main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[-2:] == ["a.h5: skipped (outputs up to date)",
+                                                         f"1 feature files (0 encoded, 1 skipped, 0 failed) → {tmp_path / 'o2'}"]
+    assert main([*argv, "--redo"]) == 0 and "(1 encoded, 0 skipped" in capsys.readouterr().out
