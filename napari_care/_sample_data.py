@@ -63,7 +63,7 @@ def _frame(width_px: int, height_px: int) -> LayerData:
     return (
         [np.array([[0, 0], [0, w], [h, w], [h, 0]], float)],
         {"name": "sample slide (writing…)", "shape_type": "rectangle", "edge_color": "gray",
-         "face_color": "transparent", "edge_width": w / 400, "units": ("µm", "µm"),
+         "face_color": "transparent", "edge_width": w / 400,
          "metadata": {"care_kind": "sample_frame"}},
         "shapes",
     )
