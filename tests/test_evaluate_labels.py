@@ -113,3 +113,20 @@ def test_bad_split_files(tmp_path):
     (folder / "splits_0.csv").write_text(",train,val,test\n0,a,b,zz\n")
     with pytest.raises(InvalidInputError, match=r"missing from labels table .*\['zz'\]"):
         load_splits(folder, labels)
+
+
+def test_parquet_table_reads_like_csv(tmp_path):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    path = tmp_path / "labels.parquet"
+    pd.DataFrame({"slide": ["a", "b", "c"], "time": [1.5, 2.0, 0.0], "event": [1, 0, 1]}).to_parquet(path)
+    t = read_labels(path)
+    assert t.kind == "survival" and t.slides.tolist() == ["a", "b", "c"]
+    np.testing.assert_array_equal(t.time, [1.5, 2.0, 0.0])
+    np.testing.assert_array_equal(t.event, [1, 0, 1])
+
+
+def test_fewer_patients_than_folds_is_refused(tmp_path):
+    path = _write(tmp_path, "slide,label,patient\na,x,p1\nb,y,p1\nc,x,p2\nd,y,p2\n")
+    with pytest.raises(InvalidInputError, match=r"has 2 patient\(s\), fewer than 5 folds"):
+        make_splits(read_labels(path), n_folds=5)

@@ -44,6 +44,10 @@ def make_splits(labels: LabelTable, *, n_folds: int = 5, val: bool = True, seed:
 
     if n_folds < (3 if val else 2):
         raise InvalidInputError(f"n_folds={n_folds}: need at least {3 if val else 2} folds ({'train/val/test' if val else 'train/test'})")
+    n_patients = len(set(labels.patients.tolist()))
+    if n_patients < n_folds:
+        raise InvalidInputError(f"labels table {labels.source!r} has {n_patients} patient(s), fewer than {n_folds} folds; "
+                                "add slides or use fewer folds")
     y = labels.y
     names = labels.classes if labels.kind == "classification" else ("censored", "event")
     for c in np.unique(y):
