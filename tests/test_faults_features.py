@@ -142,3 +142,16 @@ def test_ill_typed_attribute_is_one_feature_file_error(tmp_path):
                      root={"format": "napari-care-features/1", "mpp": "fast", "extra_json": "{}"})
     with pytest.raises(FeatureFileError, match=rf"^{re.escape(repr(str(path)))}: an attribute is ill-typed"):
         load_features(path)
+
+
+def test_float16_features_are_checked_without_overflow_warnings(tmp_path):
+    import warnings
+
+    feats = np.ones((6, 8), np.float16)
+    path = _write_h5(tmp_path / "half.h5", feats, _grid(3, 2, 256))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "overflow encountered in cast" would fail here
+        assert load_features(path).features.dtype == np.float16
+    feats[4, 0] = np.inf
+    with pytest.raises(FeatureFileError, match="1 of 6 patch feature rows hold NaN, Inf"):
+        load_features(_write_h5(tmp_path / "half_inf.h5", feats, _grid(3, 2, 256)))

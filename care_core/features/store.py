@@ -76,9 +76,11 @@ class PatchFeatures:
         """Raise FeatureFileError when a row holds NaN, ±Inf or a value beyond ±MAX_ABS_FEATURE (such rows
         would turn every CARE output into NaN); the message names the file, the row count and what to do."""
         n, bad = self.n_patches, np.zeros(self.n_patches, bool)
+        dtype = self.features.dtype  # float16 cannot hold the limit itself: compare within its range
+        limit = min(MAX_ABS_FEATURE, float(np.finfo(dtype).max)) if np.issubdtype(dtype, np.floating) else MAX_ABS_FEATURE
         for i in range(0, n, 8192):  # bounded memory for large slides
             chunk = self.features[i: i + 8192]
-            bad[i: i + 8192] = ~(np.isfinite(chunk) & (np.abs(chunk) <= MAX_ABS_FEATURE)).all(axis=1)
+            bad[i: i + 8192] = ~(np.isfinite(chunk) & (np.abs(chunk) <= limit)).all(axis=1)
         if bad.any():
             fix = ("re-extract it" if self.source else
                    f"check encoder {self.encoder or 'unknown'!r} and its weights, which produced them")
