@@ -391,3 +391,14 @@ def test_packing_budget_does_not_change_results():
     np.testing.assert_allclose(outs[0].slide_embedding.numpy(), outs[1].slide_embedding.numpy(), atol=1e-5)
     np.testing.assert_allclose(outs[0].patch_tokens.numpy(), outs[1].patch_tokens.numpy(), atol=1e-5)
     np.testing.assert_array_equal(outs[0].patch_region.numpy(), outs[1].patch_region.numpy())
+
+
+def test_precomputed_geometry_gives_the_same_output_and_is_checked():
+    m = CARE.from_seed(0, **SMALL).eval()
+    x, grid = small_inputs(20, seed=5)
+    with torch.no_grad():
+        a = m([x], [grid])
+        b = m([x], [grid], geometries=[m.geometry(grid)])
+    torch.testing.assert_close(a.slide_embedding, b.slide_embedding, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="compute it with CARE.geometry"):
+        m([x[:-1]], [grid[:-1]], geometries=[m.geometry(grid)])

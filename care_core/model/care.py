@@ -531,8 +531,17 @@ class CARE(nn.Module):
         return self.proj_in.weight.device
 
     # ---------------------------------------------------------------- inputs and geometry
-    def _prepare(self, features: Sequence[torch.Tensor], grids: Sequence, token_mask: Sequence | None) -> dict:
+    def geometry(self, grid) -> SubregionGeometry:
+        """Eq. 1, 3: the sub-regions and candidate squares of one grid for this model's k, anchor and
+        candidate count (what ``forward`` computes; data workers can compute it ahead and pass it in)."""
         cfg = self.config
+        return subregion_geometry(np.asarray(grid, dtype=np.int64), cfg.k, cfg.anchor, cfg.n_candidates)
+
+    def _prepare(self, features: Sequence[torch.Tensor], grids: Sequence, token_mask: Sequence | None,
+                 geometries: Sequence | None = None) -> dict:
+        cfg = self.config
+        if geometries is not None and len(geometries) != len(features):
+            raise ValueError(f"need one geometry per slide (got {len(geometries)} for {len(features)})")
         if len(features) != len(grids) or not len(features):
             raise ValueError(f"need one grid per feature tensor and at least one slide (got {len(features)} and {len(grids)})")
         geoms, perms, xs, masks = [], [], [], []
@@ -547,7 +556,13 @@ class CARE(nn.Module):
             grid = np.asarray(torch.as_tensor(grid).cpu(), dtype=np.int64)
             if len(grid) != len(x) or len(x) == 0:
                 raise ValueError(f"slide {b}: {len(x)} feature rows but grid of shape {grid.shape}; need N >= 1 of each")
-            geo = subregion_geometry(grid, cfg.k, cfg.anchor, cfg.n_candidates)
+            if geometries is None:
+                geo = subregion_geometry(grid, cfg.k, cfg.anchor, cfg.n_candidates)
+            else:
+                geo = geometries[b]
+                if len(geo.grid) != len(x) or geo.candidates.shape[1] != cfg.n_candidates:
+                    raise ValueError(f"slide {b}: its geometry has {len(geo.grid)} patches and {geo.candidates.shape[1]} "
+                                     f"candidates; compute it with CARE.geometry for these {len(x)} patches")
             # canonical order: own square (raster), then row, then col — makes results independent of input order
             perm = np.lexsort((geo.grid[:, 0], geo.grid[:, 1], geo.patch_subregion))
             geoms.append(geo)
@@ -663,13 +678,15 @@ class CARE(nn.Module):
         *,
         token_mask: Sequence | None = None,
         return_patch_tokens: bool = True,
+        geometries: Sequence | None = None,
     ) -> CAREOutput:
         """Sub-regions, ARG, RSL and ARSA for a batch of slides (lists of [N_b, D] features, [N_b, 2] grids).
 
         token_mask: optional list of [N_b] bool; True patches get ``mask_token`` in place of f^Q.
+        geometries: optional ``self.geometry(grid)`` of each slide, computed ahead (e.g. in data workers).
         """
         cfg = self.config
-        p = self._prepare(features, grids, token_mask)
+        p = self._prepare(features, grids, token_mask, geometries)
         n_slides = len(p["n_off"]) - 1
         n_squares = int(p["m_off"][-1])
         w_dtype = self.proj_in.weight.dtype
@@ -750,10 +767,11 @@ class CARE(nn.Module):
         return out
 
     def forward(self, features: Sequence[torch.Tensor], grids: Sequence, *, token_mask: Sequence | None = None,
-                return_patch_tokens: bool = True) -> CAREOutput:
+                return_patch_tokens: bool = True, geometries: Sequence | None = None) -> CAREOutput:
         """Full CARE on a batch of slides; see ``forward_features`` for the arguments."""
         return self.forward_head(
-            self.forward_features(features, grids, token_mask=token_mask, return_patch_tokens=return_patch_tokens)
+            self.forward_features(features, grids, token_mask=token_mask, return_patch_tokens=return_patch_tokens,
+                                  geometries=geometries)
         )
 
     # ---------------------------------------------------------------- inference

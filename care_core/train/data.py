@@ -167,6 +167,7 @@ class Views:
     rows: list[np.ndarray]
     masks: list[np.ndarray]
     n_global: int
+    geometries: list | None = None  # CARE geometry of each view, when the data pipeline computes it
 
     def __len__(self) -> int:
         return len(self.features)

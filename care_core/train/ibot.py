@@ -99,12 +99,15 @@ class IBOTObjective(nn.Module):
             return [torch.from_numpy(a) for v in views for a in getattr(v, which)]
 
         # student: every view of every sub-WSI, sample-major (sample b, view v) -> b * n_v + v
-        s_out = self.student["care"](tensors(batch, "features"), tensors(batch, "grids"), token_mask=tensors(batch, "masks"))
+        geoms = [g for v in batch for g in v.geometries] if batch[0].geometries is not None else None
+        s_out = self.student["care"](tensors(batch, "features"), tensors(batch, "grids"), token_mask=tensors(batch, "masks"),
+                                     geometries=geoms)
         s_logits = self.student["head"](s_out.slide_embedding)  # [B * n_v, K]
         # teacher: the global views, unmasked
         globals_ = [(v.features[i], v.grids[i]) for v in batch for i in range(n_g)]
         with torch.no_grad():
-            t_out = self.teacher["care"]([torch.from_numpy(f) for f, _ in globals_], [g for _, g in globals_])
+            t_geoms = None if geoms is None else [geoms[b * n_v + i] for b in range(len(batch)) for i in range(n_g)]
+            t_out = self.teacher["care"]([torch.from_numpy(f) for f, _ in globals_], [g for _, g in globals_], geometries=t_geoms)
             t_logits = self.teacher["head"](t_out.slide_embedding).float()  # [B * n_g, K]
             t_patch_logits = self.teacher["patch_head"](t_out.patch_tokens).float()
             temp = sched["teacher_temp"]

@@ -76,18 +76,27 @@ def _care(cfg, input_dim: int, source: str):
         raise TrainingConfigError(f"model overrides {cfg.model}: {exc}") from exc
 
 
+def _geometry_args(care) -> dict:
+    c = care.config
+    return {"k": c.k, "anchor": c.anchor, "n_candidates": c.n_candidates}
+
+
 # ------------------------------------------------------------------------------------------- Stage I
 class _SubWSIViews:
-    """Views of sub-WSI i in an epoch (picklable for DataLoader workers)."""
+    """Views of sub-WSI i in an epoch, with each view's CARE geometry computed here, in the data workers,
+    rather than on the training process (picklable for DataLoader workers)."""
 
-    def __init__(self, dataset, views) -> None:
-        self.dataset, self.views = dataset, views
+    def __init__(self, dataset, views, geometry_args: dict) -> None:
+        self.dataset, self.views, self.geometry_args = dataset, views, geometry_args
 
     def __call__(self, i: int, epoch: int):
+        from care_core.model.care import subregion_geometry
         from care_core.train.data import make_views
 
         features, grid = self.dataset[i]
-        return make_views(features, grid, self.views, self.dataset.rng(i, epoch))
+        views = make_views(features, grid, self.views, self.dataset.rng(i, epoch))
+        views.geometries = [subregion_geometry(g, **self.geometry_args) for g in views.grids]
+        return views
 
 
 def _stage1(cfg, run_dir: Path) -> StageSetup:
@@ -120,7 +129,7 @@ def _stage1(cfg, run_dir: Path) -> StageSetup:
 
     return StageSetup(
         n_samples=len(index),
-        make_sample=_SubWSIViews(SubWSIDataset(index, seed=cfg.seed), views),
+        make_sample=_SubWSIViews(SubWSIDataset(index, seed=cfg.seed), views, _geometry_args(objective.export_model())),
         objective=objective,
         schedule=schedule,
         export_meta=_feature_meta(index.slide_paths[0]),
