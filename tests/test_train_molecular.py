@@ -38,11 +38,23 @@ def test_rna_tokens_are_identity_plus_value_and_the_pool_is_their_mean():
     torch.manual_seed(1)
     enc = RNAEncoder(GENES[:4], dim=8, depth=0, heads=2)
     x = _expr(2, 4)
-    want = torch.stack([
-        torch.stack([enc.norm(enc.identity.weight[g] + enc.value(x[b, g].reshape(1))) for g in range(4)]).mean(0)
-        for b in range(2)
-    ])
+    enc.standardise_from(torch.tensor([[0.0, 1.0, 2.0, 3.0], [2.0, 5.0, 2.0, 3.0]]))
+    mean, std = torch.tensor([1.0, 3.0, 2.0, 3.0]), torch.tensor([2**0.5, 8**0.5, 0.01, 0.01])  # std floored at 0.01
+    torch.testing.assert_close(enc.value_mean, mean)
+    torch.testing.assert_close(enc.value_std, std)
+    z = (x - mean) / std
+
+    def token(b: int, g: int) -> torch.Tensor:
+        zz = z[b, g].reshape(1)
+        return enc.norm(enc.identity.weight[g] + enc.value(zz))
+
+    want = torch.stack([torch.stack([token(b, g) for g in range(4)]).mean(0) for b in range(2)])
     torch.testing.assert_close(enc(x), want)
+    rebuilt = RNAEncoder(**enc.config)
+    rebuilt.load_state_dict(enc.state_dict())  # the statistics travel with the weights
+    torch.testing.assert_close(rebuilt(x), want)
+    with pytest.raises(ValueError, match=r"\[N >= 2, 4\]"):
+        enc.standardise_from(np.zeros((3, 5)))
 
 
 def test_rna_encoder_does_not_depend_on_panel_order_but_on_which_gene_has_which_value():
@@ -50,8 +62,10 @@ def test_rna_encoder_does_not_depend_on_panel_order_but_on_which_gene_has_which_
     enc = RNAEncoder(GENES, dim=16, depth=2, heads=4)
     perm = torch.randperm(12, generator=torch.Generator().manual_seed(3))
     shuffled = RNAEncoder([GENES[i] for i in perm], dim=16, depth=2, heads=4)
+    enc.standardise_from(_expr(10, 12, seed=11))
     state = enc.state_dict()
-    state["identity.weight"] = state["identity.weight"][perm]
+    for key in ("identity.weight", "value_mean", "value_std"):
+        state[key] = state[key][perm]
     shuffled.load_state_dict(state)
     x = _expr(4, 12)
     torch.testing.assert_close(shuffled(x[:, perm]), enc(x), atol=1e-5, rtol=1e-5)
@@ -68,7 +82,8 @@ def test_gene_subsets_in_training_and_every_gene_in_eval():
     keep = torch.randperm(12)[:4].sort().values  # the draw forward makes from the same generator state
     torch.manual_seed(10)
     got = enc(x)
-    want = enc.norm(enc.identity.weight[keep][None] + enc.value(x[:, keep, None])).mean(1)
+    z = x[:, keep, None]
+    want = enc.norm(enc.identity.weight[keep][None] + enc.value(z)).mean(1)
     torch.testing.assert_close(got, want)
     enc.eval()
     full = RNAEncoder(GENES, dim=8, depth=0, heads=2)
@@ -102,7 +117,9 @@ def test_protein_pool_weights_are_softmax_of_gate_plus_value():
     torch.manual_seed(6)
     enc = ProteinEncoder(["A", "B", "C", "D"], dim=8, depth=0, heads=2, top_k=2)
     x = torch.tensor([[0.5, 3.0, -1.0, 2.0]])  # top 2: B (3.0), D (2.0)
-    h = enc.norm(enc.identity.weight[[1, 3]] + enc.value(torch.tensor([[3.0], [2.0]])))
+    enc.standardise_from(torch.tensor([[0.0, 2.0, 0.0, 1.0], [1.0, 4.0, 0.0, 3.0]]))  # B: mean 3, std √2; D: 2, √2
+    z = torch.tensor([[0.0], [0.0]])
+    h = enc.norm(enc.identity.weight[[1, 3]] + enc.value(z))
     a = enc.gate_w(torch.tanh(enc.gate_v(h)) * torch.sigmoid(enc.gate_u(h))).squeeze(-1)
     alpha = torch.softmax(a + torch.tensor([3.0, 2.0]), dim=0)
     torch.testing.assert_close(enc(x)[0], (alpha[:, None] * h).sum(0))
@@ -205,6 +222,7 @@ def test_rna_alignment_is_learnt_and_retrieves_held_out_samples():
             enc.train()
             return hit.float().mean().item()
 
+        enc.standardise_from(r_train)
         before = top1(f_test, r_test)
         first = None
         for _ in range(150):

@@ -3,10 +3,16 @@ over each sample's most abundant proteins. Each maps a sample's vector to one em
 (care_core.train.clip) projects into the space shared with the slide embedding.
 
 Tokens carry no position: a token is identity embedding + value embedding, so the encoders do not depend on
-the order of the panel. The value embedding is continuous (scGPT's continuous value encoder:
-Linear(1 → d) · GELU · Linear(d → d) · LayerNorm), not binned: bulk profiles are dense and their scale
-carries the signal. Identity tables start N(0, 1), or from a local file of per-gene / per-protein vectors
-(scGPT gene embeddings, ESM-2 protein embeddings): see `load_named_vectors`.
+the order of the panel. Values are first standardised per gene / protein with statistics the encoder holds
+as buffers (`standardise_from(training matrix)`; until then mean 0, std 1), so preprocessing travels with
+the weights. Standardising matters: a gene's composition-driven change is small next to the spread of
+levels across genes. On a 40-slide synthetic cohort (dim 32, 1 block, 128 sampled genes, 300 full-batch
+steps, mean stain-texture features on the slide side), the RNA encoder without it did not fit its training
+pairs (train top-1 0.05 / 0.20 over two seeds; held-out slide → RNA top-5 0.50 / 0.55 of 20, chance 0.25);
+with it, train top-1 0.70 / 0.77 and held-out top-5 0.90 / 0.75. The value embedding of z is continuous,
+not binned (bulk profiles are dense and their level carries the signal): scGPT's continuous value encoder
+Linear(1 → d) · GELU · Linear(d → d) · LayerNorm. Identity tables start N(0, 1), or from a local file of
+per-gene / per-protein vectors (scGPT gene embeddings, ESM-2 protein embeddings): see `load_named_vectors`.
 """
 
 from __future__ import annotations
@@ -129,6 +135,8 @@ class _TokenEncoder(nn.Module):
         self.identity = nn.Embedding(len(names), dim)
         nn.init.normal_(self.identity.weight, std=1.0)
         self.value = _ValueEmbedding(dim)
+        self.register_buffer("value_mean", torch.zeros(len(names)))
+        self.register_buffer("value_std", torch.ones(len(names)))
         self.blocks = nn.ModuleList(
             nn.TransformerEncoderLayer(dim, heads, int(dim * mlp_ratio), dropout=0.0, activation="gelu",
                                        batch_first=True, norm_first=True)
@@ -157,10 +165,24 @@ class _TokenEncoder(nn.Module):
         self.identity.weight[ours] = fitted.to(self.identity.weight)
         return len(matched)
 
+    @torch.no_grad()
+    def standardise_from(self, values: np.ndarray | Tensor) -> None:
+        """Set the per-name mean and standard deviation (floored at 0.01) from a training matrix [N, P]
+        aligned to the panel (e.g. the stacked `MolecularData.rna` vectors of the training samples)."""
+        v = torch.as_tensor(np.asarray(values, np.float64) if not torch.is_tensor(values) else values,
+                            dtype=torch.float64)
+        if v.ndim != 2 or v.shape[1] != len(self.names) or len(v) < 2:
+            raise ValueError(f"values {tuple(v.shape)} must be [N >= 2, {len(self.names)}] aligned to the panel")
+        self.value_mean.copy_(v.mean(0).to(self.value_mean))
+        self.value_std.copy_(v.std(0).clamp_min(0.01).to(self.value_std))
+
     def encode_tokens(self, index: Tensor | None, values: Tensor) -> Tensor:
-        """[B, T, dim] contextual tokens of names `index` [B, T] (None: the whole panel) with `values` [B, T]."""
-        ident = self.identity.weight[None] if index is None else self.identity(index)
-        h = ident + self.value(values.unsqueeze(-1).to(ident.dtype))
+        """[B, T, dim] contextual tokens of names `index` [B, T] (None: the whole panel) with raw `values` [B, T]."""
+        if index is None:
+            ident, z = self.identity.weight[None], (values - self.value_mean) / self.value_std
+        else:
+            ident, z = self.identity(index), (values - self.value_mean[index]) / self.value_std[index]
+        h = ident + self.value(z.unsqueeze(-1).to(ident.dtype))
         for block in self.blocks:
             h = block(h)
         return self.norm(h)
@@ -181,7 +203,8 @@ class RNAEncoder(_TokenEncoder):
     """RNA encoder: one token per panel gene, a transformer over them, the mean of the tokens.
 
     genes: the panel (e.g. `read_gene_panel()`, or `MolecularData.genes`). `forward(expr [B, G]) -> [B, dim]`
-    takes log1p expression aligned to `genes` (`load_molecular` applies log1p; this module does not).
+    takes log1p expression aligned to `genes` (`load_molecular` applies log1p; this module does not) and
+    standardises it per gene with the statistics of `standardise_from` (call it once with the training matrix).
     Attention is over all G genes: cost grows as G² (about 1,300 genes in the shipped panel).
     sample_genes: in training mode, each forward encodes a random subset of this many genes (one subset for
     the batch, drawn from torch's global generator), as scGPT trains on gene subsets; in eval mode, and
@@ -215,7 +238,8 @@ class ProteinEncoder(_TokenEncoder):
     """Protein encoder: the `top_k` most abundant proteins of each sample as tokens, a transformer over them,
     and expression-weighted gated pooling.
 
-    `forward(expr [B, P]) -> [B, dim]`, values aligned to `proteins` on a log or z-score scale (used as given).
+    `forward(expr [B, P]) -> [B, dim]`, values aligned to `proteins` on a log or z-score scale. The top k are
+    chosen on these values; their tokens see them standardised per protein (`standardise_from`).
     Pooling weights are α = softmax(a + v) over a sample's top-k tokens: a is the gated-attention score of a
     token (w · (tanh(V h) ⊙ sigmoid(U h)), Ilse et al. 2018) and v its value, so α ∝ exp(a)·exp(v): abundant
     proteins weigh more and the gate learns which matter. Proteins outside a sample's top k do not affect
