@@ -137,7 +137,7 @@ def test_samples_as_columns_are_transposed(tmp_path):
     table = _cohort(tmp_path, ("s1", "s2"))
     rna = tmp_path / "genes_by_samples.csv"
     pd.DataFrame(VALUES.T, index=GENES, columns=SAMPLES).to_csv(rna)
-    data = load_molecular(table, rna=rna, genes=GENES, rna_log1p=False)
+    data = load_molecular(table, rna=rna, genes=np.array(GENES), rna_log1p=False)  # any sequence of names
     np.testing.assert_array_equal(data.rna[data.rows[1].features], VALUES[1])
     assert data.skipped_rna == 0
 

@@ -334,7 +334,8 @@ def load_molecular(table_csv: _PathLike, rna: _PathLike | None = None, protein: 
     ids = {r.sample_id for r in rows}
     data = MolecularData(rows, rna_log1p=rna_log1p)
     if rna is not None:
-        panel = list(dict.fromkeys(genes)) if isinstance(genes, (list, tuple)) else read_gene_panel(genes)
+        from_file = genes is None or isinstance(genes, (str, os.PathLike))
+        panel = read_gene_panel(genes) if from_file else list(dict.fromkeys(str(g) for g in genes))
         matrix = _oriented(read_matrix(rna), ids)
         present = set(matrix.features)
         data.genes = [g for g in panel if g in present]
