@@ -23,15 +23,16 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = dict(embed_dim=128, heads=4, spf_dim=64, mlp_ratio=2.0)  # released structure (k=8, depth 2+2), narrower
+MODEL = dict(embed_dim=128, heads=4, spf_dim=64, mlp_ratio=2.0, input_norm=True)  # released structure (k=8, depth 2+2), narrower
 
 
 def stage1_config(features: Path, epochs: int) -> dict:
     return {
-        "features": str(features), "batch_size": 16, "epochs": epochs, "lr": 1e-3, "min_lr": 1e-5, "warmup_epochs": max(1, epochs // 10),
+        "features": str(features), "batch_size": 16, "epochs": epochs, "lr": 5e-4, "min_lr": 1e-5, "warmup_epochs": max(1, epochs // 10),
         "weight_decay": 0.04, "weight_decay_end": 0.2, "checkpoint_every": 50, "log_every": 1, "model": dict(MODEL),
-        "views": {"n_local": 4, "global_size": [12, 18], "local_size": [5, 8], "global_min_patches": 40, "local_min_patches": 10},
-        "out_dim": 1024, "patch_out_dim": 1024, "head_hidden": 512, "head_bottleneck": 128,
+        "subwsi": {"max_patches": 120, "min_patches": 24},  # small slides: several sub-WSIs each
+        "views": {"n_local": 4, "global_size": [8, 12], "local_size": [4, 6], "global_min_patches": 30, "local_min_patches": 8},
+        "out_dim": 256, "patch_out_dim": 256, "head_hidden": 256, "head_bottleneck": 64,
         "warmup_teacher_temp_epochs": max(1, epochs // 3), "momentum_teacher": 0.99,
     }
 
@@ -194,8 +195,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "care_core" / "model" / "weights" / "care_demo")
     ap.add_argument("--train-slides", type=int, default=24)
     ap.add_argument("--heldout-slides", type=int, default=8)
-    ap.add_argument("--stage1-epochs", type=int, default=60)
-    ap.add_argument("--stage2-epochs", type=int, default=30)
+    ap.add_argument("--stage1-epochs", type=int, default=6)
+    ap.add_argument("--stage2-epochs", type=int, default=12)
     args = ap.parse_args()
     import torch
 
@@ -206,15 +207,15 @@ def main() -> None:
     w = args.work
     size = dict(width_px=12000, height_px=9600, workers=1)
     train_cohort = write_synthetic_cohort(w / "train", args.train_slides, seed=0, **size).parent
-    held = write_synthetic_cohort(w / "heldout", args.heldout_slides, seed=1, **size).parent
     t_data = time.perf_counter() - t_start
-    print(f"cohorts ready ({t_data:.0f} s)")
+    print(f"training cohort ready ({t_data:.0f} s)")
 
     t0 = time.perf_counter()
     s1 = run("1", stage1_config(train_cohort / "features", args.stage1_epochs), w / "stage1")
     s2 = run("2", stage2_config(train_cohort, s1, "rna", args.stage2_epochs), w / "stage2_rna")
     s3 = run("2", stage2_config(train_cohort, s2, "protein", args.stage2_epochs), w / "stage2_protein")
     t_train = time.perf_counter() - t0
+    held = write_synthetic_cohort(w / "heldout", args.heldout_slides, seed=1, **size).parent
 
     truth = heldout_truth(held)
     k = 8

@@ -402,3 +402,22 @@ def test_precomputed_geometry_gives_the_same_output_and_is_checked():
     torch.testing.assert_close(a.slide_embedding, b.slide_embedding, rtol=0, atol=0)
     with pytest.raises(ValueError, match="compute it with CARE.geometry"):
         m([x[:-1]], [grid[:-1]], geometries=[m.geometry(grid)])
+
+
+def test_input_norm_standardises_channels_and_travels_in_the_checkpoint(tmp_path):
+    from care_core.model import load_checkpoint, save_checkpoint
+
+    x, grid = small_inputs(20, seed=6)
+    mean, std = torch.linspace(-1, 1, 16), torch.linspace(0.5, 2, 16)
+    normed = CARE.from_seed(0, input_norm=True, **SMALL).eval()
+    normed.set_feature_statistics(mean, std)
+    plain = CARE.from_seed(0, **SMALL).eval()
+    with torch.no_grad():
+        a = normed([x], [grid]).slide_embedding
+        b = plain([(x - mean) / std], [grid]).slide_embedding
+    torch.testing.assert_close(a, b)
+    save_checkpoint(normed, tmp_path / "m")
+    back = load_checkpoint(tmp_path / "m")
+    torch.testing.assert_close(back.feature_std, std)
+    with pytest.raises(ValueError, match="input_norm=False"):
+        plain.set_feature_statistics(mean, std)

@@ -82,6 +82,8 @@ class CAREConfig:
     use_gcls: bool = True  # ablation: use g^CLS in the ARG similarities
     use_gq: bool = True  # ablation: use g^Q in the ARG similarities
     use_fr: bool = True  # ablation: False uses f^Q in place of f^R in the ARG similarities
+    input_norm: bool = False  # standardise each feature channel with stored cohort mean / std (our choice, for
+    # encoders whose channels differ in scale, e.g. stain-texture; the trainer fills the statistics)
     chunk_tokens: int = 2048  # slots per transformer chunk (bounds inference memory; larger is faster on a GPU)
 
     def __post_init__(self) -> None:
@@ -503,6 +505,9 @@ class CARE(nn.Module):
         self.config = CAREConfig.from_dict({**base, **overrides})
         cfg = self.config
         e = cfg.embed_dim
+        if cfg.input_norm:  # per-channel standardisation, part of the checkpoint
+            self.register_buffer("feature_mean", torch.zeros(cfg.input_dim))
+            self.register_buffer("feature_std", torch.ones(cfg.input_dim))
         self.proj_in = nn.Linear(cfg.input_dim, e)  # Eq. 2: f^Q = W F
         self.mask_token = nn.Parameter(torch.empty(e))  # replaces masked patch tokens (iBOT student)
         self.subregion_encoder = ClsEncoder(e, cfg.subregion_depth, cfg.heads, cfg.mlp_ratio, cfg.dropout)
@@ -531,6 +536,15 @@ class CARE(nn.Module):
         return self.proj_in.weight.device
 
     # ---------------------------------------------------------------- inputs and geometry
+    @torch.no_grad()
+    def set_feature_statistics(self, mean, std) -> None:
+        """Store the per-channel mean and std (input_norm); channels with std < 1e-6 are left unscaled."""
+        if not self.config.input_norm:
+            raise ValueError("this CARE has input_norm=False; build it with input_norm=True to store feature statistics")
+        std = torch.as_tensor(std, dtype=torch.float32)
+        self.feature_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.feature_std.copy_(torch.where(std < 1e-6, torch.ones_like(std), std))
+
     def geometry(self, grid) -> SubregionGeometry:
         """Eq. 1, 3: the sub-regions and candidate squares of one grid for this model's k, anchor and
         candidate count (what ``forward`` computes; data workers can compute it ahead and pass it in)."""
@@ -690,7 +704,10 @@ class CARE(nn.Module):
         n_slides = len(p["n_off"]) - 1
         n_squares = int(p["m_off"][-1])
         w_dtype = self.proj_in.weight.dtype
-        f_q = [self.proj_in(x.to(self.device, w_dtype)) for x in p["xs"]]  # Eq. 2: f^Q
+        xs = [x.to(self.device, w_dtype) for x in p["xs"]]
+        if cfg.input_norm:
+            xs = [(x - self.feature_mean.to(w_dtype)) / self.feature_std.to(w_dtype) for x in xs]
+        f_q = [self.proj_in(x) for x in xs]  # Eq. 2: f^Q
         f_q = (f_q[0] if len(f_q) == 1 else torch.cat(f_q))[p["perm"]]
         if p["token_mask"] is not None:
             f_q = torch.where(p["token_mask"][:, None], self.mask_token.to(f_q.dtype), f_q)

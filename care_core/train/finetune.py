@@ -127,7 +127,7 @@ def build_finetune(cfg, run_dir: Path):
     first = _feature_meta(train_files[0])
     from care_core.features import load_features
 
-    care = _care(cfg, load_features(train_files[0]).dim, cfg.labels)
+    care = _care(cfg, load_features(train_files[0]).dim, cfg.labels, train_files)
     objective = FinetuneObjective(care, len(classes) if not survival else 1, survival, cfg.input == "roi")
     train_targets = [target(s) for s in train_ids]
     val_data = _LabelledSlide([files[s] for s in val_ids], [target(s) for s in val_ids], cfg.max_patches, cfg.seed)

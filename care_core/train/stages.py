@@ -54,7 +54,21 @@ def _feature_meta(path: Path) -> dict:
     return {"encoder": pf.encoder or "", "feature_mpp": pf.mpp, "patch_px": pf.patch_px}
 
 
-def _care(cfg, input_dim: int, source: str):
+def feature_statistics(files: list[Path], max_rows: int = 200_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of the patch features of ``files`` (a seeded sample of at most ``max_rows``)."""
+    from care_core.features import load_features
+
+    rng = np.random.default_rng(seed)
+    per_file = max(1, max_rows // len(files))
+    rows = []
+    for f in files:
+        x = load_features(f).features
+        rows.append(x[rng.choice(len(x), size=min(per_file, len(x)), replace=False)].astype(np.float64))
+    x = np.concatenate(rows)
+    return x.mean(0), x.std(0)
+
+
+def _care(cfg, input_dim: int, source: str, files: list[Path] | None = None):
     """The CARE to train: from ``cfg.init`` (its architecture) or a seeded init of ``cfg.model``."""
     from care_core.model import CARE, load_checkpoint
 
@@ -71,9 +85,12 @@ def _care(cfg, input_dim: int, source: str):
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            return CARE({**cfg.model, "input_dim": input_dim})
+            model = CARE({**cfg.model, "input_dim": input_dim})
     except ValueError as exc:
         raise TrainingConfigError(f"model overrides {cfg.model}: {exc}") from exc
+    if model.config.input_norm and files:  # a new model learns on standardised channels from step 0
+        model.set_feature_statistics(*feature_statistics(files, seed=cfg.seed))
+    return model
 
 
 def _geometry_args(care) -> dict:
@@ -119,7 +136,7 @@ def _stage1(cfg, run_dir: Path) -> StageSetup:
     else:
         raise TrainingConfigError(f"index {index_path} does not exist and no `features` folder is given to build it")
     check_view_config(views, index)
-    objective = IBOTObjective(_care(cfg, index.dim, str(index_path)), cfg)
+    objective = IBOTObjective(_care(cfg, index.dim, str(index_path), index.slide_paths), cfg)
 
     def schedule(step: int, total: int, per_epoch: int) -> dict:
         warm = cfg.warmup_teacher_temp_epochs * per_epoch
@@ -228,7 +245,7 @@ def _stage2(cfg, run_dir: Path) -> StageSetup:
     from care_core.features import load_features
 
     dim = load_features(files[0]).dim
-    care = _care(cfg, dim, str(table))
+    care = _care(cfg, dim, str(table), files)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 1)
         if cfg.modality == "rna":
