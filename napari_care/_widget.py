@@ -321,7 +321,7 @@ class CareWidget(QWidget):
     def _show_steps(self, layer: Image, result, model_label: str):
         mpp = layer.metadata["mpp"]
         enc = result.encoding
-        if self._slide is not layer:  # another slide: its layers are its own; only the highlight moves over
+        if self._slide is None or self._slide.name != layer.name:  # another slide: only the highlight moves over
             self.layers = {k: v for k, v in self.layers.items() if k == "highlight"}
         new_layers = region_layers(enc, mpp, name=layer.name, tissue_mask=result.tissue_mask,
                                    tissue_downsample=result.tissue_downsample, zoom=camera(self.viewer).zoom)
@@ -406,7 +406,8 @@ class CareWidget(QWidget):
                 self.viewer.layers.selection.active = active
         if center and region_id is not None:
             row = self.inspector.rows[region_id]
-            camera(self.viewer).center = (row["centroid_y_level0"] * mpp, row["centroid_x_level0"] * mpp)
+            cam = camera(self.viewer)
+            cam.center = (*cam.center[:-2], row["centroid_y_level0"] * mpp, row["centroid_x_level0"] * mpp)
 
     def go_to_roi(self) -> None:
         """Select the ROI and centre the view on it."""

@@ -103,12 +103,14 @@ def napari_demo(slide_path: Path, out: Path, heads: list[Path]) -> None:
     widget.export_to(out)
     _wait(lambda: widget.export_button.isEnabled())  # disabled while the export worker runs
     print(f"exports        {widget.status.text()}")
-    # full resolution at the ROI's top-left corner: the pyramid serves the level-0 tiles in view only
+    # full resolution at the ROI's top-left vertex: the pyramid serves the level-0 tiles in view only
     roi = widget.layers["roi"]
-    top, left = np.concatenate(roi.data).min(axis=0)
+    ring = np.asarray(roi.data[0])
+    top, left = ring[np.argmin(ring.sum(axis=1))]  # the ROI outline's top-left vertex (µm)
     for layer in viewer.layers[1:]:
-        layer.visible = layer is roi
-    camera(viewer).center = (top + 150, left + 250)
+        layer.visible = layer.name == roi.name  # the plugin's viewer is napari's proxy: compare names
+    cam = camera(viewer)
+    cam.center = (*cam.center[:-2], top, left)  # the ROI's top-left corner in the middle of the view
     camera(viewer).zoom = 1.0 / viewer.layers[0].scale[0]  # one screen px per level-0 px
     _settle()
     _grab(viewer, out / "napari_full_resolution.png")
