@@ -197,8 +197,11 @@ def main() -> None:
     ap.add_argument("--heldout-slides", type=int, default=8)
     ap.add_argument("--stage1-epochs", type=int, default=6)
     ap.add_argument("--stage2-epochs", type=int, default=12)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a loaded machine)")
     args = ap.parse_args()
     import torch
+
+    torch.set_num_threads(args.threads)
 
     from care_core.model import CARE, load_checkpoint, save_checkpoint
     from care_core.synth.cohort import write_synthetic_cohort

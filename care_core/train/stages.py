@@ -254,6 +254,7 @@ def _stage2(cfg, run_dir: Path) -> StageSetup:
         else:
             mol = ProteinEncoder(data.proteins, dim=cfg.mol_dim, depth=cfg.mol_depth, heads=cfg.mol_heads, top_k=cfg.top_proteins,
                                  init_vectors=cfg.protein_vectors or None)
+        mol.standardise_from(np.stack([pairs[f] for f in files]))  # per-gene / per-protein scale, kept in checkpoints
         objective = AlignObjective(care, mol, cfg)
     return StageSetup(
         n_samples=len(files),
