@@ -150,7 +150,9 @@ def iter_slide_pipeline(
     if heads:
         from care_core.evaluate import load_head
 
-        head_models = [load_head(h) for h in heads]  # a bad head file fails before any slide work
+        head_models = [load_head(h) for h in heads]  # a bad or mismatched head fails before any slide work
+        for head in head_models:
+            head.check_compatible(meta, spec.name, model_sha256="")
     feature_key = _digest([_file_id(slide_path), spec.name, _file_id(weights), target_mpp, patch_px, min_tissue, mpp])
     model_id = ["untrained", untrained_seed] if care is None else [meta.tensors_sha256 or _file_id(model)]
     encoding_key = _digest([feature_key, model_id, [_file_id(h) for h in heads]])

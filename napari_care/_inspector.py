@@ -186,12 +186,12 @@ class InspectorPanel(QWidget):
         self.details.setText(self.describe(region_id, rich=True) if known else "Click a region on the slide, or a row below.")
 
     def describe(self, region_id: int, *, rich: bool = False) -> str:
-        """Readable values of one region: size, π/α/β, ROI, each head's prediction."""
+        """Readable values of one region: size, π/α/β, ROI, each head's prediction (HTML when ``rich``)."""
         row = self.rows[region_id]
-        b = (lambda s: f"<b>{s}</b>") if rich else (lambda s: s)
-        sep = "<br>" if rich else " · "
+        esc = html.escape if rich else str
+        bold = (lambda t: f"<b>{t}</b>") if rich else str
         parts = [
-            b(f"region {region_id}") + (" — the ROI" if row["is_roi"] else ""),
+            bold(f"region {region_id}") + (" — the ROI" if row["is_roi"] else ""),
             f"{row['n_patches']} patches, {_area(row['area_um2'])}",
             f"π {100 * row['pi']:.1f}%  α {100 * row['alpha']:.1f}%  β {100 * row['beta']:.1f}%",
         ]
@@ -200,12 +200,11 @@ class InspectorPanel(QWidget):
                 continue
             p = pred.region_proba[region_id]
             if pred.classes == ("risk",):
-                parts.append(f"{pred.head}: risk {p[0]:.2f}")
+                parts.append(f"{esc(pred.head)}: risk {p[0]:.2f}")
                 continue
-            best = int(p.argmax())
-            probs = ", ".join(f"{c} {v:.0%}" for c, v in zip(pred.classes, p))
-            parts.append(f"{pred.head}: {b(pred.classes[best])} ({probs})")
-        return sep.join(html.escape(x) if not rich else x for x in parts)
+            probs = ", ".join(f"{esc(c)} {v:.0%}" for c, v in zip(pred.classes, p))
+            parts.append(f"{esc(pred.head)}: {bold(esc(pred.classes[int(p.argmax())]))} ({probs})")
+        return ("<br>" if rich else " · ").join(parts)
 
     def show_hover(self, region_id: int | None) -> None:
         """The region under the cursor, in one readable line."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import napari
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, SpinBox
-from napari.layers import Image, Labels
+from napari.layers import Image
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
@@ -62,6 +62,7 @@ def gui_message(exc: Exception) -> str:
         errors.FeatureMismatchError: "choose a CARE checkpoint made for this patch encoder, or 'untrained'",
         errors.CheckpointError: "choose another file in 'CARE checkpoint', or 'untrained'",
         errors.InvalidInputError: "change 'patch µm/px' or 'patch size px' (0 = automatic)",
+        errors.HeadError: "choose heads trained for this checkpoint and encoder in 'prediction heads', or none",
     }
     for kind, fix in fixes.items():
         if isinstance(exc, kind):
@@ -512,7 +513,3 @@ def _optional_path(value) -> Path | None:
     """FileEdit's value, or None when the field is empty."""
     return Path(value) if str(value) not in ("", ".") else None
 
-
-def regions_layer_encoding(layer: Labels):
-    """The SlideEncoding behind a CARE regions layer (None for any other layer)."""
-    return layer.metadata.get("care_encoding")

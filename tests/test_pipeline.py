@@ -83,3 +83,31 @@ def test_checkpoint_for_another_encoder_is_refused(small_sample, tmp_path):
                            encoder="uni_v2", feature_mpp=0.5, patch_px=256)
     with pytest.raises(FeatureMismatchError, match="uni_v2.*stain-texture|stain-texture.*uni_v2"):
         _run(iter_slide_pipeline(small_sample.slide_path, model=ckpt, patch_px=256))
+
+
+def test_heads_predict_each_region_and_are_cached(small_sample, tmp_path):
+    from care_core.errors import HeadError
+    from care_core.evaluate import Head
+
+    coef = np.zeros((2, 512))
+    coef[1, 0] = 1.0  # class "b" scores the first embedding dimension
+    head_path = Head(name="kind", kind="linear", input="slide", classes=("a", "b"),
+                     arrays={"coef": coef, "intercept": np.array([0.0, np.log(3.0)])}).save(tmp_path / "kind")
+    cache = ResultCache(tmp_path / "cache")
+    steps, result = _run(iter_slide_pipeline(small_sample.slide_path, patch_px=256, heads=[head_path], cache=cache))
+    assert [s for s in steps if s.stage == "heads"] == [PipelineProgress("heads", 0, 1), PipelineProgress("heads", 1, 1)]
+    (pred,) = result.encoding.predictions
+    enc = result.encoding
+    z = enc.region_embeddings[:, 0].astype(np.float64)
+    expected_b = 3 * np.exp(z) / (1 + 3 * np.exp(z))  # softmax of (0, z + ln 3)
+    assert pred.head == "kind" and pred.classes == ("a", "b") and pred.region_proba.shape == (enc.n_regions, 2)
+    np.testing.assert_allclose(pred.region_proba[:, 1], expected_b, rtol=1e-5)
+    np.testing.assert_allclose(pred.slide_proba[1], 3 * np.exp(enc.slide_embedding[0]) / (1 + 3 * np.exp(enc.slide_embedding[0])),
+                               rtol=1e-5)
+    _, again = _run(iter_slide_pipeline(small_sample.slide_path, patch_px=256, heads=[head_path], cache=cache))
+    assert again.cached and again.encoding.predictions[0].classes == ("a", "b")
+    np.testing.assert_array_equal(again.encoding.predictions[0].region_proba, pred.region_proba)
+    other = Head(name="uni", kind="linear", input="slide", classes=("a", "b"), encoder="uni_v2",
+                 arrays={"coef": coef, "intercept": np.zeros(2)}).save(tmp_path / "uni")
+    with pytest.raises(HeadError, match="uni_v2"):
+        next(iter_slide_pipeline(small_sample.slide_path, patch_px=256, heads=[other]))  # before any slide work
