@@ -128,6 +128,7 @@ def iter_slide_pipeline(
     this encoder's features fails before any slide work. stop: when set, the run ends at the next batch
     (cleanly, in the calling thread, nothing written) and returns None.
     """
+    from care_core.errors import InvalidInputError
     from care_core.features import PatchFeatures, get_encoder, get_encoder_spec, iter_extract, load_features
     from care_core.features.registry import resolve_device
     from care_core.model import CARE
@@ -154,7 +155,7 @@ def iter_slide_pipeline(
         for head in head_models:
             head.check_compatible(meta, spec.name, model_sha256="")
     feature_key = _digest([_file_id(slide_path), spec.name, _file_id(weights), target_mpp, patch_px, min_tissue, mpp])
-    model_id = ["untrained", untrained_seed] if care is None else [meta.tensors_sha256 or _file_id(model)]
+    model_id = ["untrained", untrained_seed] if care is None else [meta.tensors_sha256 or _file_id(model), meta.config]
     encoding_key = _digest([feature_key, model_id, [_file_id(h) for h in heads]])
     folder = None if cache is None else cache.slide_dir(slide_path)
     tissue_file = None if folder is None else folder / f"tissue-{feature_key}.npz"
@@ -172,6 +173,11 @@ def iter_slide_pipeline(
         return SlideResult(encoding, tissue_mask, tissue_ds, timings, cached=True, cache_dir=folder)
 
     device = resolve_device(device)
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InvalidInputError(f"device={device!r} but this machine has no CUDA GPU; choose device 'auto' or 'cpu'")
     with open_slide(slide_path, mpp=mpp) as slide:
         slide_size, slide_mpp = tuple(int(v) for v in slide.dimensions), slide.mpp
         if features_file is not None and features_file.is_file() and tissue_file.is_file():

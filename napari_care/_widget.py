@@ -61,9 +61,10 @@ def gui_message(exc: Exception) -> str:
         errors.NoTissueError: "lower 'min tissue' and press Run again, or check that the slide holds tissue",
         errors.FeatureMismatchError: "choose a CARE checkpoint made for this patch encoder, or 'untrained'",
         errors.CheckpointError: "choose another file in 'CARE checkpoint', or 'untrained'",
-        errors.InvalidInputError: "change 'patch µm/px' or 'patch size px' (0 = automatic)",
         errors.HeadError: "choose heads trained for this checkpoint and encoder in 'prediction heads', or none",
     }
+    if isinstance(exc, errors.InvalidInputError) and "patch_px" in str(exc):
+        return f"{cause}; change 'patch size px' or 'patch µm/px' (0 = automatic)"
     for kind, fix in fixes.items():
         if isinstance(exc, kind):
             return f"{cause}; {fix}"

@@ -186,3 +186,22 @@ def test_no_tissue_message_names_a_control(make_napari_viewer, qtbot, tmp_path, 
     widget.run_button.click()
     _wait(qtbot, widget, 60_000)
     assert "'min tissue'" in widget.status.text() and "min_tissue" not in widget.status.text()
+
+
+def test_every_message_names_a_control_of_the_window():
+    from care_core import errors
+    from napari_care._widget import gui_message
+
+    cases = {
+        errors.InvalidInputError("s.svs: a 512 px patch ... does not fit the 300x300 px slide; use a smaller patch_px or "
+                                 "a finer target_mpp"): "s.svs: a 512 px patch ... does not fit the 300x300 px slide; "
+                                                        "change 'patch size px' or 'patch µm/px' (0 = automatic)",
+        errors.InvalidInputError("device='cuda' but this machine has no CUDA GPU; choose device 'auto' or 'cpu'"):
+            "device='cuda' but this machine has no CUDA GPU; choose device 'auto' or 'cpu'",
+        errors.HeadError("head 'x' expects features of patch encoder 'uni_v2' but these come from 'stain-texture'; "
+                         "re-extract"): "head 'x' expects features of patch encoder 'uni_v2' but these come from "
+                                        "'stain-texture'; choose heads trained for this checkpoint and encoder in "
+                                        "'prediction heads', or none",
+    }
+    for exc, shown in cases.items():
+        assert gui_message(exc) == shown

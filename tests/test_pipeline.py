@@ -111,3 +111,13 @@ def test_heads_predict_each_region_and_are_cached(small_sample, tmp_path):
                  arrays={"coef": coef, "intercept": np.zeros(2)}).save(tmp_path / "uni")
     with pytest.raises(HeadError, match="uni_v2"):
         next(iter_slide_pipeline(small_sample.slide_path, patch_px=256, heads=[other]))  # before any slide work
+
+
+def test_gpu_asked_on_a_machine_without_one(small_sample, monkeypatch):
+    import torch
+
+    from care_core.errors import InvalidInputError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InvalidInputError, match="device='cuda' but this machine has no CUDA GPU; choose device 'auto' or 'cpu'"):
+        next(iter_slide_pipeline(small_sample.slide_path, device="cuda"))
