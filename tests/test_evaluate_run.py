@@ -10,7 +10,7 @@ import pytest
 from shapely.geometry import box
 
 from care_core.cli import main
-from care_core.errors import CareError, HeadError, InvalidInputError
+from care_core.errors import CareError, HeadError, InvalidInputError, OutputError
 from care_core.evaluate import evaluate, load_head, predict_paths
 from care_core.features import PatchFeatures
 from care_core.model import CARE, SlideEncoding, save_checkpoint
@@ -92,9 +92,16 @@ def test_bad_inputs_fail_before_anything_is_written(cohort, tmp_path):
         h5["features"] = np.full((4, 8), np.nan, np.float32)
         h5["coords"] = np.arange(8).reshape(4, 2) * 512
         h5["coords"].attrs["patch_size_level0"] = 512
+    assert not (tmp_path / "out").exists()  # refused before the output folder was made
     with pytest.raises(CareError, match=r"s03.h5.*NaN"):
         evaluate(tmp / "labels.csv", [nan_feats], model=model, out_dir=tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    assert list((tmp_path / "out").iterdir()) == []  # checked writable, then nothing written
+    with pytest.raises(InvalidInputError, match="uses protocol 'lr' or 'knn', not 'survival'"):
+        evaluate(tmp / "labels.csv", [feats], model=model, protocol="survival", out_dir=tmp_path / "o2",
+                 annotations={"s00": []})
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputError, match="is a file"):
+        evaluate(tmp / "labels.csv", [feats], model=model, out_dir=tmp_path / "file")
 
 
 def test_region_head_from_polygons_then_predict(cohort, tmp_path):

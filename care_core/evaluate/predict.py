@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from care_core._atomic import atomic_path
+from care_core._atomic import atomic_path, check_output_dir
 from care_core.evaluate.heads import Head, load_head
 
 __all__ = ["iter_predict", "predict_paths", "slide_prediction_row"]
@@ -50,7 +50,7 @@ def iter_predict(inputs: Sequence[str | os.PathLike], model, heads: Sequence[str
     first_encoder = load_features(files[0], allow_pickle=allow_pickle).encoder
     for head in loaded:
         head.check_compatible(meta, first_encoder, model_sha256=sha)
-    out = Path(out_dir)
+    out = check_output_dir(out_dir)  # fails before any slide is encoded
     rows: list[dict] = []
     for i, path in enumerate(files):
         features = load_features(path, allow_pickle=allow_pickle)

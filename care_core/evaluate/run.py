@@ -119,13 +119,16 @@ def iter_evaluate(labels: str | os.PathLike, features: Sequence[str | os.PathLik
     ``<slide>.geojson`` (QuPath) / ``.xml`` (ASAP) files or {slide: [(polygon, class), ...]}: trains a region
     classifier. splits: a folder of split CSVs to reuse (otherwise made by patient, ``n_folds``, ``seed``).
     """
-    from care_core.evaluate.cohort import iter_load_cohort
+    from care_core._atomic import check_output_dir
+    from care_core.evaluate.cohort import iter_load_cohort, match_features
 
     if protocol not in EVALUATE_PROTOCOLS:
         raise InvalidInputError(f"protocol={protocol!r} is not one of {EVALUATE_PROTOCOLS}")
     if input not in ("slide", "roi", "mean"):
         raise InvalidInputError(f"input={input!r} is not one of ('slide', 'roi', 'mean')")
     region_task = annotations is not None
+    if region_task and protocol not in ("lr", "knn"):
+        raise InvalidInputError(f"a region classifier from annotations uses protocol 'lr' or 'knn', not {protocol!r}")
     if (input != "mean" or region_task) and protocol != "abmil" and model is None:
         raise InvalidInputError(f"input {'region' if region_task else input!r} needs a CARE model; pass --model CKPT or --untrained SEED")
     table = read_labels(labels, slides_only=region_task)
@@ -136,6 +139,8 @@ def iter_evaluate(labels: str | os.PathLike, features: Sequence[str | os.PathLik
     folds = load_splits(splits, table) if splits is not None else None
     if folds is None and not region_task:
         folds = make_splits(table, n_folds=n_folds, val=val, seed=seed)
+    match_features(table, features)  # every slide has a feature file: checked before the output folder exists
+    check_output_dir(out_dir)  # a folder that cannot be written fails before the encoding
     need_model = model if (region_task or (input != "mean" and protocol != "abmil")) else None
     gen = iter_load_cohort(table, features, need_model)
     while True:
