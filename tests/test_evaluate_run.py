@@ -143,3 +143,25 @@ def test_cli_evaluate_then_predict_and_a_head_from_another_model(cohort, tmp_pat
     assert "was trained on CARE model" in capsys.readouterr().err and not (tmp_path / "x").exists()
     with pytest.raises(HeadError):
         predict_paths([feats / "s00.h5"], CARE.from_seed(2, **SMALL), [head], tmp_path / "y")
+
+
+def test_cli_region_classifier_from_qupath_geojson(cohort, tmp_path, capsys):
+    tmp, feats, model = cohort
+    ckpt = save_checkpoint(model, tmp_path / "care", encoder="stain-texture")
+    ann = tmp_path / "annotations"
+    ann.mkdir()
+
+    def feature(x0, x1, name):
+        ring = [[x0, 0], [x1, 0], [x1, 8 * 512], [x0, 8 * 512], [x0, 0]]
+        return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {"objectType": "annotation", "classification": {"name": name, "color": [200, 0, 0]}}}
+
+    for i in range(0, 20, 2):  # half of the slides annotated: left half tumour, right half stroma
+        (ann / f"s{i:02d}.geojson").write_text(json.dumps(
+            {"type": "FeatureCollection", "features": [feature(0, 5 * 512, "Tumor"), feature(5 * 512, 10 * 512, "Stroma")]}))
+    assert main(["evaluate", "--labels", str(tmp / "labels.csv"), "--features", str(feats), "--model", str(ckpt),
+                 "--annotations", str(ann), "--folds", "3", "--out", str(tmp_path / "reg")]) == 0
+    saved = json.loads((tmp_path / "reg" / "results.json").read_text())
+    assert saved["input"] == "region" and saved["classes"] == ["Stroma", "Tumor"]
+    assert saved["n_samples"] >= 20 and len(saved["folds"]) == 3
+    assert "| lr / region |" in capsys.readouterr().out
