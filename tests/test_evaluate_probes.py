@@ -147,3 +147,38 @@ def test_summary_and_table_leave_nan_folds_out():
     assert s["auroc"] == {"mean": pytest.approx(0.7), "sd": pytest.approx(np.std([0.8, 0.6], ddof=1)), "n": 2}
     table = markdown_table({"CARE": s, "empty": summarise([{"auroc": float("nan")}])})
     assert "| CARE | 70.0 ± 14.1 |" in table and "| empty | n/a |" in table
+
+
+@pytest.mark.parametrize("penalizer", [0.1, 1.0])
+def test_cox_fits_lifelines_objective(penalizer):
+    """Our L-BFGS fit reaches lifelines' ridge-Cox optimum (distinct times, so Breslow = Efron)."""
+    import pandas as pd
+    from lifelines import CoxPHFitter
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(150, 4)) * [1.0, 2.0, 0.5, 1.0]
+    time = rng.exponential(np.exp(-X[:, 0]))
+    event = (rng.random(150) < 0.7).astype(int)
+    ours = CoxProbe(no_val_penalizer=penalizer).fit(X, time, event)
+    df = pd.DataFrame(X, columns=list("abcd")).assign(time=time, event=event)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = CoxPHFitter(penalizer=penalizer).fit(df, "time", "event").params_.to_numpy()
+    np.testing.assert_allclose(ours.coef_, ref, atol=2e-4)
+
+
+def test_cox_objective_gradient_with_ties():
+    from scipy.optimize import check_grad
+
+    from care_core.evaluate.probes import cox_objective
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(40, 3))
+    time = np.sort(np.round(rng.exponential(size=40), 1))[::-1]  # longest first, with ties
+    tie_end = np.searchsorted(-time, -time, side="right") - 1
+    event = (rng.random(40) < 0.6).astype(int)
+    f = lambda b: cox_objective(b, X, event, tie_end, 0.3)[0]  # noqa: E731
+    g = lambda b: cox_objective(b, X, event, tie_end, 0.3)[1]  # noqa: E731
+    assert check_grad(f, g, rng.normal(size=3)) < 1e-5
+    # hand-made: one event at the longest time, risk set = itself: loss 0 + penalty
+    assert cox_objective(np.ones(3), X[:1], np.array([1]), np.array([0]), 2.0)[0] == pytest.approx(3.0)
