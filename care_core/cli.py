@@ -120,6 +120,9 @@ def _untrained_model(inputs: list[Path], seed: int, allow_pickle: bool):
 def _encode_model(args: argparse.Namespace):
     """What `care encode` runs: --model PATH, --untrained SEED, or None (the shipped demo checkpoint)."""
     if args.untrained is None:
+        if args.model is None:
+            print("care encode: note: no --model given: the shipped demo CARE checkpoint runs (trained on synthetic "
+                  "slides; expects stain-texture features of 512 px at 0.5 µm/px)", file=sys.stderr)
         return args.model
     if args.model is not None:
         raise SystemExit("care encode: error: give either --model or --untrained, not both")
