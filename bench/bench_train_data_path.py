@@ -40,8 +40,12 @@ def main() -> None:
     ap.add_argument("--slides", type=int, default=24)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from care_core.train.config import config_from_dict
     from care_core.train.stages import build_stage
@@ -84,7 +88,8 @@ def main() -> None:
                 stamps.append(time.perf_counter())
             bare_rate = (len(stamps) - 2) / (stamps[-1] - stamps[1])
             print(f"num_workers={workers}: trainer {trainer_rate:.3f} steps/s, forward+backward alone {bare_rate:.3f} steps/s, "
-                  f"ratio {trainer_rate / bare_rate:.2f} (goal >= 0.9); {n} sub-WSIs, batch {cfg.batch_size}")
+                  f"ratio {trainer_rate / bare_rate:.2f} (goal >= 0.9); {n} sub-WSIs, batch {cfg.batch_size}, "
+                  f"{torch.get_num_threads()} torch threads")
 
 
 if __name__ == "__main__":
