@@ -224,10 +224,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from care_core.evaluate.run import iter_evaluate
 
     model = _care_model(args, "evaluate")
+    finetune = None
+    if args.finetune_config is not None:
+        from care_core.train.config import read_config_file
+
+        finetune = read_config_file(args.finetune_config)
     bars: dict[str, tqdm] = {}
     gen = iter_evaluate(args.labels, args.features, model=model, protocol=args.protocol, input=args.input,
                         out_dir=args.out, splits=args.splits, n_folds=args.folds, val=not args.no_val, seed=args.seed,
-                        annotations=args.annotations)
+                        annotations=args.annotations, finetune=finetune)
     while True:
         try:
             ev = next(gen)
@@ -364,8 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", type=Path, nargs="+", required=True, help="feature files (.h5) or folders of them")
     p.add_argument("--model", type=Path, default=None, help="CARE checkpoint (not needed for --input mean or abmil)")
     p.add_argument("--untrained", type=int, default=None, metavar="SEED", help="an untrained CARE (random weights, seed)")
-    p.add_argument("--protocol", choices=["lr", "knn", "survival", "abmil"], default="lr",
-                   help="lr: logistic regression, knn, survival: penalised Cox, abmil: ABMIL baseline (default lr)")
+    p.add_argument("--protocol", choices=["lr", "knn", "survival", "abmil", "finetune"], default="lr",
+                   help="lr: logistic regression, knn, survival: penalised Cox, abmil: ABMIL baseline, "
+                        "finetune: CARE + head fine-tuned per fold (default lr)")
+    p.add_argument("--finetune-config", type=Path, default=None,
+                   help="with --protocol finetune: a config file overriding the paper's fine-tuning settings")
     p.add_argument("--input", choices=["slide", "roi", "mean"], default="slide",
                    help="slide embedding, ROI feature, or mean-pooled patch features (baseline); default slide")
     p.add_argument("--splits", type=Path, default=None, help="folder of splits_<k>.csv to reuse (the CARE authors' layout)")

@@ -94,3 +94,23 @@ def test_bad_fold_and_missing_features_are_config_errors(labelled, tmp_path):
     (tmp_path / "few").mkdir()
     with pytest.raises(TrainingConfigError, match="holds no .h5 feature files"):
         list(train(config_from_dict("finetune", config(labelled, features=str(tmp_path / "few"))), tmp_path / "b"))
+
+
+def test_care_evaluate_finetune_protocol_trains_each_fold_and_scores_its_test_slides(labelled, tmp_path):
+    from care_core.evaluate import load_head
+    from care_core.evaluate.run import evaluate
+    from care_core.model import CARE, load_checkpoint
+
+    model = CARE.from_seed(0, input_dim=8, **TINY_MODEL)
+    res = evaluate(labelled / "labels.csv", [labelled / "features"], model=model, protocol="finetune", input="slide",
+                   out_dir=tmp_path / "out", n_folds=3, finetune={"epochs": 3, "min_epochs": 1, "patience": 1, "lr": 1e-3,
+                                                                    "min_lr": 1e-3})
+    assert res["protocol"] == "finetune" and res["n_folds"] == 3 and len(res["folds"]) == 3
+    assert all("auroc" in f["metrics"] and "balanced_accuracy" in f["metrics"] for f in res["folds"])
+    for k in range(3):  # each fold's head names the CARE fine-tuned in that fold, not the starting model
+        head = load_head(tmp_path / "out" / "heads" / f"labels_finetune_slide_fold{k}")
+        care = load_checkpoint(tmp_path / "out" / "finetune" / f"fold{k}" / "care")
+        head.check_compatible(care.checkpoint_meta, "stain-texture")
+        assert head.protocol == "finetune" and head.metrics["validation"]["val_loss"] > 0
+    rows = (tmp_path / "out" / "test_predictions.csv").read_text().splitlines()
+    assert rows[0] == "sample,fold,truth,p(normal),p(tumour)" and len(rows) == 1 + 12

@@ -25,7 +25,7 @@ from care_core.evaluate.splits import Fold, load_splits, make_splits, save_split
 
 __all__ = ["EvaluateEvent", "EVALUATE_PROTOCOLS", "iter_evaluate", "evaluate", "region_table", "write_results"]
 
-EVALUATE_PROTOCOLS = ("lr", "knn", "survival", "abmil")
+EVALUATE_PROTOCOLS = ("lr", "knn", "survival", "abmil", "finetune")
 
 
 @dataclass(frozen=True)
@@ -108,16 +108,58 @@ def _abmil_folds(cohort, folds: list[Fold], *, name: str) -> Iterator[FoldResult
                          len(fold.val), len(fold.test), None, list(fold.test), scores)
 
 
+def _finetune_folds(cohort, folds: list[Fold], model, *, labels, input: str, out_dir, seed: int,
+                    overrides: Mapping | None, name: str) -> Iterator[FoldResult]:
+    """The paper's fine-tuning per fold through the trainer (``care_core.train``, stage ``finetune``): CARE
+    from ``model`` + a linear (or Cox) head, early stopping on the fold's validation split, then the fold's
+    test slides scored with the best-on-validation CARE and head. Runs go to ``<out_dir>/finetune/fold<k>``."""
+    from care_core.evaluate.heads import load_head
+    from care_core.features import load_features
+    from care_core.model import load_checkpoint, save_checkpoint
+    from care_core.train.config import config_from_dict
+    from care_core.train.trainer import train
+
+    work = Path(out_dir) / "finetune"
+    meta = getattr(model, "checkpoint_meta", None)
+    init = work / "init"
+    save_checkpoint(model, init, encoder=cohort.encoder, feature_mpp=meta.feature_mpp if meta else None,
+                    patch_px=meta.patch_px if meta else None)
+    save_splits(folds, work / "splits")
+    listing = work / "features.txt"
+    with atomic_path(listing) as tmp:
+        tmp.write_text("".join(f"{Path(p).resolve()}\n" for p in cohort.paths.values()))
+    table = cohort.labels
+    for k, fold in enumerate(folds):
+        if not fold.val:
+            raise InvalidInputError("protocol 'finetune' needs validation splits for early stopping; drop --no-val")
+        cfg = config_from_dict("finetune", {**dict(overrides or {}), "labels": str(labels), "features": str(listing),
+                                            "splits": str(work / "splits"), "fold": k, "init": str(init), "input": input,
+                                            "seed": seed})
+        run = work / f"fold{k}"
+        for _ in train(cfg, run, resume=(run / "config.json").exists()):
+            pass
+        care, head = load_checkpoint(run / "care"), load_head(run / "head")
+        scores = np.stack([head.predict(care.encode(load_features(cohort.paths[s]))).slide_proba for s in fold.test])
+        scores = scores.astype(np.float64)
+        metrics = score(table.select(fold.test), scores, table.classes)
+        head.name, head.metrics = f"{name}_fold{k}", {"fold": k, **metrics, "validation": dict(head.metrics)}
+        yield FoldResult(k, metrics, {"best_epoch": head.metrics["validation"].get("best_epoch")}, len(fold.train),
+                         len(fold.val), len(fold.test), head, list(fold.test), scores)
+
+
 def iter_evaluate(labels: str | os.PathLike, features: Sequence[str | os.PathLike], *, model=None, protocol: str = "lr",
                   input: str = "slide", out_dir: str | os.PathLike, splits: str | os.PathLike | None = None,
                   n_folds: int = 5, val: bool = True, seed: int = 0,
-                  annotations: str | os.PathLike | Mapping[str, Sequence] | None = None) -> Iterator[EvaluateEvent]:
+                  annotations: str | os.PathLike | Mapping[str, Sequence] | None = None,
+                  finetune: Mapping | None = None) -> Iterator[EvaluateEvent]:
     """Generator form of ``evaluate``; yields EvaluateEvent and returns the results dict.
 
     model: a CARE (or None for ``input="mean"`` / ``protocol="abmil"``). input: "slide", "roi" or "mean"
     (with ``annotations``: ignored, the inputs are region embeddings). annotations: a folder of
     ``<slide>.geojson`` (QuPath) / ``.xml`` (ASAP) files or {slide: [(polygon, class), ...]}: trains a region
     classifier. splits: a folder of split CSVs to reuse (otherwise made by patient, ``n_folds``, ``seed``).
+    protocol "finetune": fine-tunes ``model`` per fold through the trainer; ``finetune`` overrides its config
+    (``care_core.train.config.FinetuneConfig``: epochs, lr, patience, ...; the paper's values by default).
     """
     from care_core._atomic import check_output_dir
     from care_core.evaluate.cohort import iter_load_cohort, match_features
@@ -141,7 +183,10 @@ def iter_evaluate(labels: str | os.PathLike, features: Sequence[str | os.PathLik
         folds = make_splits(table, n_folds=n_folds, val=val, seed=seed)
     match_features(table, features)  # every slide has a feature file: checked before the output folder exists
     check_output_dir(out_dir)  # a folder that cannot be written fails before the encoding
-    need_model = model if (region_task or (input != "mean" and protocol != "abmil")) else None
+    if protocol == "finetune" and (model is None or region_task or input == "mean"):
+        raise InvalidInputError("protocol 'finetune' fine-tunes a CARE on slide labels: give --model (or --untrained) "
+                                "and --input slide or roi, without --annotations")
+    need_model = model if (region_task or (input != "mean" and protocol not in ("abmil", "finetune"))) else None
     gen = iter_load_cohort(table, features, need_model)
     while True:
         try:
@@ -167,11 +212,16 @@ def iter_evaluate(labels: str | os.PathLike, features: Sequence[str | os.PathLik
                                         input_kind="region", name=name)
     else:
         eval_table, made_splits = table, splits is None
-        fold_iter = (_abmil_folds(cohort, folds, name=name) if protocol == "abmil"
-                     else iter_cross_validate(cohort.inputs(input), table, folds, protocol, input_kind=input, name=name))
+        if protocol == "abmil":
+            fold_iter = _abmil_folds(cohort, folds, name=name)
+        elif protocol == "finetune":
+            fold_iter = _finetune_folds(cohort, folds, model, labels=labels, input=input, out_dir=out_dir, seed=seed,
+                                        overrides=finetune, name=name)
+        else:
+            fold_iter = iter_cross_validate(cohort.inputs(input), table, folds, protocol, input_kind=input, name=name)
     results: list[FoldResult] = []
     for res in fold_iter:
-        if res.head is not None:
+        if res.head is not None and protocol != "finetune":  # a fine-tuned head names its own fine-tuned CARE
             res.head.model_sha256 = "" if kind == "mean" else cohort.model_sha256
             res.head.encoder = cohort.encoder
             res.head.extra = {"labels": str(labels), "task": eval_table.kind}

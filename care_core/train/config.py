@@ -13,7 +13,7 @@ from pathlib import Path
 
 from care_core.errors import TrainingConfigError
 
-__all__ = ["StageIConfig", "StageIIConfig", "FinetuneConfig", "load_config", "config_from_dict", "STAGES"]
+__all__ = ["StageIConfig", "StageIIConfig", "FinetuneConfig", "load_config", "read_config_file", "config_from_dict", "STAGES"]
 
 
 @dataclass
@@ -187,8 +187,8 @@ def config_from_dict(stage: str, values: dict) -> _Common:
     return cfg
 
 
-def load_config(path: str | Path, stage: str, overrides: dict | None = None) -> _Common:
-    """Read a TOML (``.toml``), YAML (``.yaml``/``.yml``) or JSON config file for ``stage``."""
+def read_config_file(path: str | Path) -> dict:
+    """The table of a TOML (``.toml``), YAML (``.yaml``/``.yml``) or JSON config file."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -207,8 +207,16 @@ def load_config(path: str | Path, stage: str, overrides: dict | None = None) -> 
             values = json.loads(text)
     except Exception as exc:  # noqa: BLE001 — every parser's error becomes one line naming the file
         raise TrainingConfigError(f"{path} is not a valid {path.suffix.lstrip('.') or 'JSON'} file: {exc}") from exc
+    if not isinstance(values, dict):
+        raise TrainingConfigError(f"{path}: a config must be a table of keys, got {type(values).__name__}")
+    return values
+
+
+def load_config(path: str | Path, stage: str, overrides: dict | None = None) -> _Common:
+    """Read a TOML (``.toml``), YAML (``.yaml``/``.yml``) or JSON config file for ``stage``."""
+    values = read_config_file(path)
     try:
-        return config_from_dict(stage, {**values, **(overrides or {})}) if isinstance(values, dict) else config_from_dict(stage, values)
+        return config_from_dict(stage, {**values, **(overrides or {})})
     except TrainingConfigError as exc:
         raise TrainingConfigError(f"{path}: {exc}") from exc
 
