@@ -215,7 +215,7 @@ def _check_run_dir(run_dir: Path, record: dict, resume: bool) -> None:
 def train(cfg, run_dir: str | Path, *, stage: str | None = None, resume: bool = False) -> Iterator[TrainEvent]:
     """Run (or resume) a training job; yields ``TrainEvent``s and returns the final CARE checkpoint path.
 
-    stage: '1' | '2' (default: from the config's type). Everything that can be wrong with the config, the
+    stage: '1' | '2' | 'finetune' (default: from the config's type). Everything that can be wrong with the config, the
     data or the run folder is a TrainingConfigError before the first step; a NaN/Inf loss stops with a
     TrainingError and leaves the last good checkpoint in place.
     """
