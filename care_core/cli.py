@@ -161,6 +161,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
     from tqdm import tqdm
 
     from care_core.train.trainer import pretrain
@@ -171,7 +174,9 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         return 2
     bar = None
     for ev in pretrain(run_dir, stage=args.stage, config=args.config, resume=args.resume is not None):
-        if ev.kind == "start":
+        if args.events_json:  # one JSON line per event, for a parent process (the napari Train widget)
+            print(json.dumps(dataclasses.asdict(ev)), flush=True)
+        elif ev.kind == "start":
             bar = tqdm(total=ev.total_steps, initial=ev.step, unit="step", desc=f"{args.command} {run_dir}")
             for k, v in ev.metrics.items():
                 tqdm.write(f"{k}: {v}")
@@ -345,12 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="run folder of a new run")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last checkpoint (its own config unless --config is given)")
+    p.add_argument("--events-json", action="store_true", help="print each progress event as one JSON line instead of the bar")
     p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser("finetune", help="fine-tune CARE + a head on slide labels (the paper's protocol), one fold")
     p.add_argument("--config", type=Path, default=None, help="config file with labels, features, fold, ...; see docs/training.md")
     p.add_argument("--out", type=Path, default=None, help="run folder of a new run")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument("--events-json", action="store_true", help="print each progress event as one JSON line instead of the bar")
     p.set_defaults(func=_cmd_pretrain, stage="finetune")
 
     p = sub.add_parser("predict", help="apply trained heads to feature files: class probabilities per slide and per region")
