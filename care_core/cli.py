@@ -163,6 +163,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     import dataclasses
     import json
+    import os
 
     from tqdm import tqdm
 
@@ -175,7 +176,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     bar = None
     for ev in pretrain(run_dir, stage=args.stage, config=args.config, resume=args.resume is not None):
         if args.events_json:  # one JSON line per event, for a parent process (the napari Train widget)
-            print(json.dumps(dataclasses.asdict(ev)), flush=True)
+            try:
+                print(json.dumps(dataclasses.asdict(ev)), flush=True)
+            except BrokenPipeError:  # the watcher closed (napari quit): train on, metrics.jsonl keeps the record
+                sys.stdout = sys.stderr = open(os.devnull, "w")
         elif ev.kind == "start":
             bar = tqdm(total=ev.total_steps, initial=ev.step, unit="step", desc=f"{args.command} {run_dir}")
             for k, v in ev.metrics.items():

@@ -103,3 +103,18 @@ def test_sigkilled_child_is_reported_and_the_run_resumes(cohort, tmp_path):
     events = collect(job)
     assert job.returncode == 0, job.error
     assert events[-1].kind == "end"
+
+
+def test_child_trains_on_when_its_watcher_goes_away(cohort, tmp_path):
+    """napari quits mid-run: the child's stdout / stderr pipes close, and it still finishes the run."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "care_core.cli", "finetune", "--events-json", "--config",
+                             str(cohort / "finetune.json"), "--out", str(tmp_path / "run")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert json.loads(proc.stdout.readline())["kind"] == "start"
+    proc.stdout.close()
+    proc.stderr.close()
+    assert proc.wait(TIMEOUT) == 0
+    assert (tmp_path / "run" / "care.safetensors").is_file() and (tmp_path / "run" / "head.json").is_file()

@@ -35,8 +35,9 @@ class TrainingJob:
         self.run_dir = run_dir
         self._events: queue.Queue = queue.Queue()
         self._stderr: list[str] = []
+        # its own session: a Ctrl-C or hang-up of the terminal napari runs in does not stop the training
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self._readers = [threading.Thread(target=self._read_stdout, daemon=True),
                          threading.Thread(target=self._read_stderr, daemon=True)]
         for t in self._readers:
