@@ -196,6 +196,16 @@ class CareWidget(QWidget):
         self.model.visible = self.checkpoint.value == FILE
         self.seed.visible = self.checkpoint.value == UNTRAINED
 
+    def add_trained(self, care: str | Path, head: str | Path | None = None) -> None:
+        """Offer a freshly trained CARE checkpoint (``care.safetensors``) and its head: selects it as the
+        checkpoint file and adds the head to 'prediction heads' (the Train widget calls this when a run ends)."""
+        self.checkpoint.value = FILE
+        self.model.value = Path(care).with_suffix(".safetensors")
+        if head is not None:
+            heads = [Path(p) for p in (self.heads.value or ()) if str(p) not in ("", ".")]
+            new = Path(head).with_suffix(".safetensors")
+            self.heads.value = [*[h for h in heads if h != new], new]
+
     def _model_choice(self) -> tuple[Path | None, str]:
         """(checkpoint path or None for untrained, a label for it)."""
         if self.checkpoint.value == DEMO:
