@@ -45,7 +45,11 @@ def test_widget_is_in_the_manifest():
 
 def test_finetune_through_the_widget_offers_its_head_and_keeps_the_loop_free(make_napari_viewer, qtbot, cohort,
                                                                                tmp_path, capsys):
+    import threading
+
     care, train = _docked(make_napari_viewer())
+    # measure the job, not start-up: wait for the CARE widget's background import of torch to finish
+    qtbot.waitUntil(lambda: not any(t.name == "napari-care-preload" for t in threading.enumerate()), timeout=60_000)
     ticks = []
     clock = QTimer()
     clock.setInterval(10)
@@ -68,7 +72,7 @@ def test_finetune_through_the_widget_offers_its_head_and_keeps_the_loop_free(mak
     stall = max(b - a for a, b in zip(ticks, ticks[1:]))
     with capsys.disabled():
         print(f"\nlongest Qt event-loop stall during a fine-tune: {stall * 1000:.0f} ms over {len(ticks)} ticks")
-    assert stall < 2.0  # generous on 2 shared cores: polling drains a queue (~2 ms); training is another process
+    assert stall < 1.0  # generous on 2 shared cores (measured ~15 ms): polling drains a queue; training is another process
 
 
 def test_invalid_config_shows_the_message_and_starts_nothing(make_napari_viewer, qtbot, cohort, tmp_path):
