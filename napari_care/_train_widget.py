@@ -107,6 +107,7 @@ class TrainWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.open_button.clicked.connect(self._ask_open)
         self._watched_window = None
+        self._cancelled = False
 
     # --- jobs ------------------------------------------------------------------------------------------------
     def start(self, *, resume: bool = False) -> bool:
@@ -127,6 +128,7 @@ class TrainWidget(QWidget):
         self.metrics_label.setText("")
         self.status.setText(("resuming " if resume else "starting ") + str(out))
         self.job = start_job(command, config=None if resume else config, run_dir=out, stage=stage, resume=resume)
+        self._cancelled = False
         self._set_running(True)
         self.timer.start()
         self._watch_window_close()
@@ -136,6 +138,7 @@ class TrainWidget(QWidget):
         """Stop the job; its run folder keeps the last checkpoint (Resume continues from it)."""
         if self.job is not None and self.job.running:
             self.status.setText("cancelling…")
+            self._cancelled = True
             self.job.cancel()
 
     def poll(self) -> None:
@@ -171,6 +174,9 @@ class TrainWidget(QWidget):
     def _on_exit(self) -> None:
         rc, error = self.job.returncode, self.job.error
         if rc == 0:
+            return
+        if self._cancelled:
+            self.status.setText(f"cancelled: {self.job.run_dir} keeps its last checkpoint; Resume continues it")
             return
         message = error or f"the training process exited with status {rc}"
         self.status.setText(message)

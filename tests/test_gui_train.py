@@ -112,3 +112,16 @@ def test_killed_child_is_reported_and_resume_finishes_it(make_napari_viewer, qtb
     fresh = TrainWidget(viewer)  # a run folder opened later (or made elsewhere) shows its curve and job
     fresh.open_run(tmp_path / "run")
     assert fresh.job_choice.value == "fine-tune" and fresh.plot.points and "finished" in fresh.status.text()
+
+
+def test_cancel_keeps_the_last_checkpoint_and_says_so(make_napari_viewer, qtbot, cohort, tmp_path):
+    _care, train = _docked(make_napari_viewer())
+    train.config.value = cohort / "finetune.json"
+    train.out.value = tmp_path / "run"
+    assert train.start()
+    qtbot.waitUntil(lambda: any((tmp_path / "run" / "checkpoints").glob("step_*.pt")), timeout=60_000)
+    train.cancel_button.click()
+    qtbot.waitUntil(lambda: not train.timer.isActive(), timeout=30_000)
+    assert train.job.returncode == 143
+    assert train.status.text() == f"cancelled: {tmp_path / 'run'} keeps its last checkpoint; Resume continues it"
+    assert any((tmp_path / "run" / "checkpoints").glob("step_*.pt")) and train.resume_button.isEnabled()
