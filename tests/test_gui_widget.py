@@ -46,7 +46,7 @@ def test_widget_is_in_the_manifest():
 
     pm = PluginManager()
     pm.discover()
-    assert [w.display_name for w in pm.get_manifest("napari-care").contributions.widgets] == ["CARE regions"]
+    assert [w.display_name for w in pm.get_manifest("napari-care").contributions.widgets] == ["CARE regions", "Train CARE"]
 
 
 def test_run_shows_aligned_layers_stays_responsive_and_is_cached(viewer_with_slide, qtbot, cache_dir):
