@@ -106,6 +106,7 @@ def _rank_loss(rank: int, port: int, a, b, out) -> None:
         loss.backward()
         # every rank holds the global loss; its rows' gradients are summed over the 2 ranks' backward passes
         out[rank] = torch.cat([loss.detach().reshape(1), (la.grad / 2).reshape(-1), (lb.grad / 2).reshape(-1)])
+        dist.barrier()  # neither rank tears the group down while the other is still in a collective (else SIGABRT)
     finally:
         dist.destroy_process_group()
 
@@ -119,7 +120,13 @@ def test_gather_gives_the_global_batch_loss_under_gloo():
     full = clip_loss(ga, gb, torch.tensor(4.0))
     full.backward()
     out = torch.zeros(2, 1 + 2 * 12).share_memory_()
-    mp.spawn(_rank_loss, args=(_free_port(), a, b, out), nprocs=2, join=True)
+    try:
+        mp.spawn(_rank_loss, args=(_free_port(), a, b, out), nprocs=2, join=True)
+    except mp.ProcessExitedException as exc:
+        # gloo occasionally aborts while tearing the group down ("terminate called without an active
+        # exception", about 1 run in 30 here) after both ranks wrote their results; anything else is a failure
+        if exc.signal_name != "SIGABRT" or not bool((out[:, 0] != 0).all()):
+            raise
     for rank in range(2):
         assert out[rank, 0].item() == pytest.approx(full.item(), abs=1e-6)
         rows = slice(rank * 3, (rank + 1) * 3)
