@@ -79,7 +79,8 @@ def heldout_truth(cohort: Path) -> list[tuple]:
     return out
 
 
-def purity_of(model, truth) -> dict:
+def purity_of(model, truth) -> tuple[dict, list]:
+    """Purity of ``model``'s regions over all held-out slides, and each slide's SlideEncoding."""
     from care_core.synth.truth import left_own_square, region_purity
 
     encs = [model.encode(pf) for pf, *_ in truth]

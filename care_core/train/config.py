@@ -8,7 +8,7 @@ folder whose config differs.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from care_core.errors import TrainingConfigError
@@ -219,7 +219,3 @@ def load_config(path: str | Path, stage: str, overrides: dict | None = None) -> 
         return config_from_dict(stage, {**values, **(overrides or {})})
     except TrainingConfigError as exc:
         raise TrainingConfigError(f"{path}: {exc}") from exc
-
-
-def to_dict(cfg: _Common) -> dict:
-    return asdict(cfg)
