@@ -8,6 +8,7 @@ import math
 import signal
 import sys
 import threading
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,6 +66,34 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_event(ev) -> None:
+    """One progress event (a TrainEvent) as one JSON line on stdout, for a parent process (the napari Train
+    widget). Once the watcher has closed the pipe (napari quit) all output is dropped and the work goes on."""
+    import dataclasses
+    import json
+    import os
+
+    try:
+        print(json.dumps(dataclasses.asdict(ev)), flush=True)
+    except BrokenPipeError:
+        sys.stdout = sys.stderr = open(os.devnull, "w")
+
+
+class _Pace:
+    """TrainEvents of one phase of counted items (slides, folds), timed from the phase's start: samples_per_s
+    holds items per second, eta_s the seconds left at that rate (None before the first item)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def event(self, kind: str, done: int, total: int, **fields):
+        from care_core.train.trainer import TrainEvent
+
+        elapsed = time.monotonic() - self.t0
+        return TrainEvent(kind, done, total, samples_per_s=done / elapsed if elapsed > 0 else 0.0,
+                          eta_s=elapsed / done * (total - done) if done else None, **fields)
+
+
 def _cmd_extract(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -74,19 +103,36 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         raise SystemExit("care extract: error: give slide files or --csv slides.csv (one of them)")
     slides = read_slide_list_csv(args.csv) if args.csv else args.slides
     spec = get_encoder_spec(args.encoder)
-    with tqdm(total=len(slides), unit="slide", desc=f"extract {args.encoder}") as bar:
+    # --events-json: stdout holds only JSON lines (start, one "extract" per slide, end); the summary goes to stderr
+    bar = None if args.events_json else tqdm(total=len(slides), unit="slide", desc=f"extract {args.encoder}")
+    pace, finished = _Pace(), []
 
-        def progress(row) -> None:
+    def progress(row) -> None:
+        finished.append(row)
+        if bar is None:
+            _print_event(pace.event("extract", len(finished), len(slides), path=row.output or None,
+                                    metrics={"slide": Path(row.slide).stem, "status": row.status}))
+        else:
             bar.update(1)
             bar.set_postfix_str(f"{row.slide}: {row.status}")
 
+    if bar is None:
+        _print_event(pace.event("start", 0, len(slides)))
+    try:
         summary = run_cohort(
             slides, args.out, encoder=args.encoder, weights=args.weights, scheduler=args.scheduler,
             n_workers=args.workers, target_mpp=args.target_mpp or spec.mpp, patch_px=args.patch_px or spec.patch_px,
             mpp_override=args.mpp,
             min_tissue=args.min_tissue, batch_size=args.batch_size, device=args.device, progress=progress,
         )
-    print(format_summary(summary))
+    finally:
+        if bar is not None:
+            bar.close()
+    print(format_summary(summary), file=sys.stderr if bar is None else sys.stdout)
+    if bar is None:
+        failed = summary.counts["failed"]
+        n = len(slides)
+        _print_event(pace.event("end", n, n, metrics={"done": n - failed, "failed": failed}))
     return 0 if summary.ok else 1
 
 
@@ -161,10 +207,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    import dataclasses
-    import json
-    import os
-
     from tqdm import tqdm
 
     from care_core.train.trainer import pretrain
@@ -175,11 +217,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         return 2
     bar = None
     for ev in pretrain(run_dir, stage=args.stage, config=args.config, resume=args.resume is not None):
-        if args.events_json:  # one JSON line per event, for a parent process (the napari Train widget)
-            try:
-                print(json.dumps(dataclasses.asdict(ev)), flush=True)
-            except BrokenPipeError:  # the watcher closed (napari quit): train on, metrics.jsonl keeps the record
-                sys.stdout = sys.stderr = open(os.devnull, "w")
+        if args.events_json:  # after a closed pipe training goes on: metrics.jsonl keeps the record
+            _print_event(ev)
         elif ev.kind == "start":
             bar = tqdm(total=ev.total_steps, initial=ev.step, unit="step", desc=f"{args.command} {run_dir}")
             for k, v in ev.metrics.items():
@@ -227,6 +266,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_event(ev, paces: dict):
+    """The TrainEvent of an EvaluateEvent: encode 0 (inputs checked) -> start, encode -> encode (per slide),
+    fold -> validate (epoch: the 0-based fold; metrics: the fold's). ``paces`` times the two phases."""
+    if ev.stage == "fold":
+        return paces["fold"].event("validate", ev.done, ev.total, epoch=ev.done - 1, metrics=dict(ev.metrics or {}))
+    if ev.done == 0:
+        paces["encode"] = _Pace()
+    out = paces["encode"].event("encode" if ev.done else "start", ev.done, ev.total,
+                                metrics={"slide": ev.message} if ev.done else {})
+    if ev.done == ev.total:
+        paces["fold"] = _Pace()  # the folds start now
+    return out
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -241,13 +294,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     bars: dict[str, tqdm] = {}
     gen = iter_evaluate(args.labels, args.features, model=model, protocol=args.protocol, input=args.input,
                         out_dir=args.out, splits=args.splits, n_folds=args.folds, val=not args.no_val, seed=args.seed,
-                        annotations=args.annotations, finetune=finetune)
+                        annotations=args.annotations, finetune=finetune, final_head=args.final_head)
+    paces: dict = {}
     while True:
         try:
             ev = next(gen)
         except StopIteration as stop:
             result = stop.value
             break
+        if args.events_json:
+            _print_event(_evaluate_event(ev, paces))
+            continue
         bar = bars.get(ev.stage) or bars.setdefault(ev.stage, tqdm(total=ev.total, unit="slide" if ev.stage == "encode"
                                                                    else "fold", desc=ev.stage))
         bar.update(ev.done - bar.n)
@@ -255,8 +312,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             bar.set_postfix({k: f"{v:.3f}" for k, v in ev.metrics.items()})
     for bar in bars.values():
         bar.close()
-    print((args.out / "results.md").read_text(), end="")
-    print(f"results: {args.out / 'results.json'}")
+    text = sys.stderr if args.events_json else sys.stdout  # --events-json: stdout holds only JSON lines
+    print((args.out / "results.md").read_text(), end="", file=text)
+    print(f"results: {args.out / 'results.json'}", file=text)
+    if "final_head" in result:
+        print(f"final head: {result['final_head']}", file=text)
+    if args.events_json:
+        from care_core.train.trainer import TrainEvent
+
+        _print_event(TrainEvent("end", result["n_folds"], result["n_folds"],
+                                metrics={k: v["mean"] for k, v in result["summary"].items()},
+                                path=result.get("final_head", str(args.out / "results.json"))))
     return 0
 
 
@@ -323,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-tissue", type=FRACTION, default=0.25, help="minimum tissue fraction of a kept patch")
     p.add_argument("--batch-size", type=COUNT, default=32)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--events-json", action="store_true",
+                   help="print progress as one JSON line per event (start, one per finished slide, end) instead of "
+                        "the bar; the summary table goes to stderr")
     p.set_defaults(func=_cmd_extract)
 
     p = sub.add_parser("encode", help="CARE over feature files: slide/ROI embeddings, region table and polygons")
@@ -393,6 +462,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the splits (default 0)")
     p.add_argument("--annotations", type=Path, default=None,
                    help="folder of <slide>.geojson (QuPath) or .xml (ASAP): train a region classifier on region embeddings")
+    p.add_argument("--final-head", action="store_true",
+                   help="after the folds, fit one head on every labelled sample (lr, knn, survival, region classifiers; "
+                        "hyper-parameters from the folds) and save it as OUT/heads/<name>_all, with the cross-validated "
+                        "metrics as its estimate: the head to apply to new slides")
+    p.add_argument("--events-json", action="store_true",
+                   help="print progress as one JSON line per event (start, encode, validate per fold, end) instead of "
+                        "the bars; the results table goes to stderr")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.set_defaults(func=_cmd_evaluate)
     return parser

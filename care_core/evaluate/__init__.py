@@ -38,6 +38,7 @@ _WHERE = {
     "model_sha256": "cohort",
     "EvaluateEvent": "run",
     "iter_evaluate": "run",
+    "check_evaluate_inputs": "run",
     "evaluate": "run",
     "iter_predict": "predict",
     "predict_paths": "predict",

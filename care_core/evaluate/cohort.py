@@ -81,34 +81,24 @@ def match_features(labels: LabelTable, inputs: Sequence[str | os.PathLike]) -> d
 
 def iter_load_cohort(labels: LabelTable, inputs: Sequence[str | os.PathLike], model=None) -> Iterator[tuple[int, int, str]]:
     """Read (and with ``model``, a CARE, encode) every slide of ``labels``; yields (done, total, slide) and
-    returns the Cohort. Raises InvalidInputError naming the file on empty or non-finite features."""
+    returns the Cohort. Check the inputs first with ``run.check_evaluate_inputs`` (one encoder, no empty file,
+    features that fit the model); this raises InvalidInputError naming the file on non-finite features."""
     from care_core.features import load_features
-    from care_core.model.checkpoint import check_features
 
     paths = match_features(labels, inputs)
-    meta = getattr(model, "checkpoint_meta", None) if model is not None else None
     cohort = Cohort(labels, paths, {}, model_sha256=model_sha256(model) if model is not None else "")
-    encoders = set()
     for i, (slide, path) in enumerate(paths.items()):
         features = load_features(path)
-        if features.n_patches == 0:
-            raise InvalidInputError(f"feature file {str(path)!r} has no patches (a slide without tissue); drop slide "
-                                    f"{slide!r} from the labels table")
         f = np.asarray(features.features, dtype=np.float32)
         if not np.isfinite(f).all():
             raise InvalidInputError(f"feature file {str(path)!r} holds NaN/Inf features; re-extract slide {slide!r}")
-        encoders.add(features.encoder)
+        cohort.encoder = cohort.encoder or features.encoder  # one encoder (or none recorded): checked first
         cohort.means[slide] = f.mean(axis=0)
         if model is not None:
-            if meta is not None:
-                check_features(meta, features)
             enc = model.encode(features)
             if not np.isfinite(enc.slide_embedding).all() or not np.isfinite(enc.region_embeddings).all():
                 raise InvalidInputError(f"CARE gives NaN embeddings for {str(path)!r}; check the model and the features")
             enc.meta["model_sha256"] = cohort.model_sha256
             cohort.encodings[slide] = enc
         yield i + 1, len(paths), slide
-    if len(encoders) > 1:
-        raise InvalidInputError(f"the feature files mix patch encoders {sorted(encoders)}; use one encoder per cohort")
-    cohort.encoder = encoders.pop() if encoders else ""
     return cohort

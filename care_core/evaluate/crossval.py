@@ -35,26 +35,29 @@ class FoldResult:
 
 
 def fit_head(protocol: str, X: np.ndarray, labels: LabelTable, X_val: np.ndarray | None, val: LabelTable | None,
-             *, name: str, input_kind: str, classes: tuple[str, ...]) -> Head:
-    """Fit one probe (``lr``, ``knn`` on class labels; ``survival`` on time/event) and return it as a Head."""
+             *, name: str, input_kind: str, classes: tuple[str, ...], probe_kw: dict | None = None) -> Head:
+    """Fit one probe (``lr``, ``knn`` on class labels; ``survival`` on time/event) and return it as a Head.
+
+    probe_kw: keywords of the probe (e.g. ``no_val_C``: the C used without validation data)."""
     from care_core.evaluate.probes import CoxProbe, KNNProbe, LogisticProbe
 
     has_val = X_val is not None and len(X_val) > 0
+    kw = probe_kw or {}
     if protocol == "survival":
-        probe = CoxProbe().fit(X, labels.time, labels.event, X_val if has_val else None,
-                               val.time if has_val else None, val.event if has_val else None)
+        probe = CoxProbe(**kw).fit(X, labels.time, labels.event, X_val if has_val else None,
+                                   val.time if has_val else None, val.event if has_val else None)
         return Head(name, "cox", input_kind, ("risk",), {"coef": probe.coef_, "mean": probe.mean_},
                     params={"penalizer": probe.penalizer_}, protocol=protocol)
     idx = {c: i for i, c in enumerate(classes)}
     y = np.array([idx[c] for c in labels.label], dtype=np.int64)
     y_val = np.array([idx[c] for c in val.label], dtype=np.int64) if has_val else None
     if protocol == "lr":
-        probe = LogisticProbe(n_classes=len(classes)).fit(X, y, X_val if has_val else None, y_val)
+        probe = LogisticProbe(n_classes=len(classes), **kw).fit(X, y, X_val if has_val else None, y_val)
         coef, intercept = probe.linear_parameters()
         return Head(name, "linear", input_kind, classes, {"coef": coef, "intercept": intercept},
                     params={"C": probe.C_, "lambda": probe.lambda_}, protocol=protocol)
     if protocol == "knn":
-        probe = KNNProbe(n_classes=len(classes)).fit(X, y, X_val if has_val else None, y_val)
+        probe = KNNProbe(n_classes=len(classes), **kw).fit(X, y, X_val if has_val else None, y_val)
         return Head(name, "knn", input_kind, classes,
                     {"mean": probe.mean_, "scale": probe.scale_, "train_x": probe.train_x_, "train_y": probe.train_y_},
                     params={"k": probe.k_, "weights": probe.weights_}, protocol=protocol)

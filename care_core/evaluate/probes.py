@@ -167,13 +167,17 @@ class LogisticProbe:
 class KNNProbe:
     """kNN probe on standardised inputs (the paper's protocol). Labels are ints 0..n_classes-1.
 
+    Without validation: ``no_val_k`` (None: odd(sqrt(n_train)) in [3, 13]) with ``no_val_weights``.
     Fitted: ``mean_``, ``scale_`` (standardiser), ``train_x_`` (standardised), ``train_y_``, ``k_``,
     ``weights_``, ``val_score_`` (best validation balanced accuracy; None without validation).
     """
 
-    def __init__(self, *, ks=KNN_KS, weights=("uniform", "distance"), n_classes: int | None = None) -> None:
+    def __init__(self, *, ks=KNN_KS, weights=("uniform", "distance"), no_val_k: int | None = None,
+                 no_val_weights: str = "distance", n_classes: int | None = None) -> None:
         self.ks = ks
         self.weights = weights
+        self.no_val_k = no_val_k
+        self.no_val_weights = no_val_weights
         self.n_classes = n_classes
 
     def fit(self, X, y, X_val=None, y_val=None) -> KNNProbe:
@@ -193,8 +197,8 @@ class KNNProbe:
         n = len(X)
         if X_val is None or len(X_val) == 0:
             k = int(np.sqrt(n))
-            k = k if k % 2 else k + 1
-            self.k_, self.weights_, self.val_score_ = int(np.clip(k, 3, 13)), "distance", None
+            k = int(np.clip(k if k % 2 else k + 1, 3, 13)) if self.no_val_k is None else int(self.no_val_k)
+            self.k_, self.weights_, self.val_score_ = k, self.no_val_weights, None
         else:
             Xv = scaler.transform(_check_xy(X_val, "X_val"))
             best = None

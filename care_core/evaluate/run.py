@@ -2,14 +2,16 @@
 
 Everything is checked and computed before anything is written; then, in ``out_dir``: ``results.json``,
 ``results.md`` (mean ± sd over folds), ``test_predictions.csv`` (each test slide's scores and fold),
-``heads/<name>_fold<k>.safetensors/.json`` and, when the folds were made here, ``splits/splits_<k>.csv``
-(the CARE authors' layout; pass the folder back with ``splits=`` to reuse them).
+``heads/<name>_fold<k>.safetensors/.json``, with ``final_head`` ``heads/<name>_all.safetensors/.json`` (one head
+fitted on every labelled sample) and, when the folds were made here, ``splits/splits_<k>.csv`` (the CARE
+authors' layout; pass the folder back with ``splits=`` to reuse them).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,19 +20,23 @@ import numpy as np
 
 from care_core._atomic import atomic_path
 from care_core.errors import InvalidInputError
-from care_core.evaluate.crossval import FoldResult, iter_cross_validate, score, summary_of
+from care_core.evaluate.crossval import FoldResult, fit_head, iter_cross_validate, score, summary_of
+from care_core.evaluate.heads import Head
 from care_core.evaluate.labels import LabelTable, read_labels
 from care_core.evaluate.metrics import markdown_table
 from care_core.evaluate.splits import Fold, load_splits, make_splits, save_splits
 
-__all__ = ["EvaluateEvent", "EVALUATE_PROTOCOLS", "iter_evaluate", "evaluate", "region_table", "write_results"]
+__all__ = ["EvaluateEvent", "EVALUATE_PROTOCOLS", "check_evaluate_inputs", "iter_evaluate", "evaluate", "region_table",
+           "write_results"]
 
 EVALUATE_PROTOCOLS = ("lr", "knn", "survival", "abmil", "finetune")
+REGION_PROTOCOLS = ("lr", "knn")  # a region classifier from annotations
 
 
 @dataclass(frozen=True)
 class EvaluateEvent:
-    """Progress: stage "encode" (per slide) or "fold" (per fold, with its metrics); done of total."""
+    """Progress: stage "encode" (done 0 once the inputs are checked, then per slide) or "fold" (per fold, in
+    fold order, with its metrics); done of total."""
 
     stage: str
     done: int
@@ -147,32 +153,34 @@ def _finetune_folds(cohort, folds: list[Fold], model, *, labels, input: str, out
                          len(fold.val), len(fold.test), head, list(fold.test), scores)
 
 
-def iter_evaluate(labels: str | os.PathLike, features: Sequence[str | os.PathLike], *, model=None, protocol: str = "lr",
-                  input: str = "slide", out_dir: str | os.PathLike, splits: str | os.PathLike | None = None,
-                  n_folds: int = 5, val: bool = True, seed: int = 0,
-                  annotations: str | os.PathLike | Mapping[str, Sequence] | None = None,
-                  finetune: Mapping | None = None) -> Iterator[EvaluateEvent]:
-    """Generator form of ``evaluate``; yields EvaluateEvent and returns the results dict.
+def check_evaluate_inputs(labels: str | os.PathLike, features: Sequence[str | os.PathLike], *, protocol: str,
+                          n_folds: int = 5, val: bool = True,
+                          annotations: str | os.PathLike | Mapping[str, Sequence] | None = None, model=None,
+                          splits: str | os.PathLike | None = None,
+                          seed: int = 0) -> tuple[LabelTable, list[Fold] | None]:
+    """Check ``iter_evaluate``'s inputs without encoding: the labels table, then only the attributes and shapes
+    of the feature files (a few ms per file, whatever its size; the first call also imports pandas and
+    scikit-learn, about a second). Raises InvalidInputError, FeatureFileError or FeatureMismatchError with one
+    line naming the input and the fix.
 
-    model: a CARE (or None for ``input="mean"`` / ``protocol="abmil"``). input: "slide", "roi" or "mean"
-    (with ``annotations``: ignored, the inputs are region embeddings). annotations: a folder of
-    ``<slide>.geojson`` (QuPath) / ``.xml`` (ASAP) files or {slide: [(polygon, class), ...]}: trains a region
-    classifier. splits: a folder of split CSVs to reuse (otherwise made by patient, ``n_folds``, ``seed``).
-    protocol "finetune": fine-tunes ``model`` per fold through the trainer; ``finetune`` overrides its config
-    (``care_core.train.config.FinetuneConfig``: epochs, lr, patience, ...; the paper's values by default).
+    Checked: the protocol; the labels table (readable, two classes, ...) and that it is a survival table exactly
+    when ``protocol`` is "survival"; enough patients for ``n_folds`` folds made with ``seed`` (or the ``splits``
+    folder fits the table); a feature file with patches for every slide, all from one patch encoder (files that
+    do not record theirs are not compared); with ``model`` (a CARE), features that fit it (its input dim; for a
+    checkpoint also its encoder, µm/px and patch size).
+    Returns the labels table and the folds (None for a region classifier without ``splits``: its folds are
+    made over the annotated regions once they are known).
     """
-    from care_core._atomic import check_output_dir
-    from care_core.evaluate.cohort import iter_load_cohort, match_features
+    from care_core.evaluate.cohort import match_features
+    from care_core.features import check_compatible
+    from care_core.features.importers import read_feature_header
+    from care_core.model.checkpoint import check_features
 
     if protocol not in EVALUATE_PROTOCOLS:
         raise InvalidInputError(f"protocol={protocol!r} is not one of {EVALUATE_PROTOCOLS}")
-    if input not in ("slide", "roi", "mean"):
-        raise InvalidInputError(f"input={input!r} is not one of ('slide', 'roi', 'mean')")
     region_task = annotations is not None
-    if region_task and protocol not in ("lr", "knn"):
+    if region_task and protocol not in REGION_PROTOCOLS:
         raise InvalidInputError(f"a region classifier from annotations uses protocol 'lr' or 'knn', not {protocol!r}")
-    if (input != "mean" or region_task) and protocol != "abmil" and model is None:
-        raise InvalidInputError(f"input {'region' if region_task else input!r} needs a CARE model; pass --model CKPT or --untrained SEED")
     table = read_labels(labels, slides_only=region_task)
     if protocol == "survival" and table.kind != "survival":
         raise InvalidInputError(f"labels table {str(labels)!r} has no 'time'/'event' columns; protocol 'survival' needs them")
@@ -181,12 +189,94 @@ def iter_evaluate(labels: str | os.PathLike, features: Sequence[str | os.PathLik
     folds = load_splits(splits, table) if splits is not None else None
     if folds is None and not region_task:
         folds = make_splits(table, n_folds=n_folds, val=val, seed=seed)
-    match_features(table, features)  # every slide has a feature file: checked before the output folder exists
-    check_output_dir(out_dir)  # a folder that cannot be written fails before the encoding
-    if protocol == "finetune" and (model is None or region_task or input == "mean"):
+    headers = {slide: read_feature_header(path) for slide, path in match_features(table, features).items()}
+    for slide, h in headers.items():
+        if h.n_patches == 0:
+            raise InvalidInputError(f"feature file {h.source!r} has no patches (a slide without tissue); drop slide "
+                                    f"{slide!r} from the labels table")
+    by_encoder: dict[str, str] = {}  # encoder -> its first file; files that do not record one are not compared
+    for h in headers.values():
+        if h.encoder:
+            by_encoder.setdefault(h.encoder, Path(h.source).name)
+    if len(by_encoder) > 1:
+        shown = ", ".join(f"{e!r} ({name})" for e, name in sorted(by_encoder.items()))
+        raise InvalidInputError(f"the feature files mix patch encoders {shown}; use one encoder per cohort")
+    meta = getattr(model, "checkpoint_meta", None)
+    for h in headers.values() if model is not None else ():
+        if meta is not None:
+            check_features(meta, h)
+        else:
+            check_compatible(h, dim=model.config.input_dim)
+    return table, folds
+
+
+def _final_probe_kw(protocol: str, results: list[FoldResult]) -> tuple[dict, str]:
+    """(probe keywords, how they were chosen) for a head fitted on every sample, from the folds' choices.
+
+    With validation splits: lr and survival take the median of the folds' C / penalizer (with an even number of
+    folds, the stronger penalty of the middle two); knn the (k, weights) chosen most often (ties: the earliest
+    fold's). Without: the protocol's no-validation default, as on the folds."""
+    chosen = [r.params for r in results if r.n_val]
+    if not chosen:
+        return {}, "the no-validation default"
+    if protocol == "knn":
+        (k, weights), _ = Counter((p["k"], p["weights"]) for p in chosen).most_common(1)[0]
+        return {"no_val_k": k, "no_val_weights": weights}, f"the most frequent choice of {len(chosen)} folds"
+    key, kw, strongest_first = (("penalizer", "no_val_penalizer", True) if protocol == "survival"
+                                else ("C", "no_val_C", False))  # a small C is a strong penalty
+    value = sorted((p[key] for p in chosen), reverse=strongest_first)[(len(chosen) - 1) // 2]
+    return {kw: value}, f"the median choice of {len(chosen)} folds"
+
+
+def _final_head(protocol: str, X: Mapping[str, np.ndarray], table: LabelTable, results: list[FoldResult], *, name: str,
+                input_kind: str, cv: dict[str, float]) -> Head:
+    """The ``protocol`` head fitted on every sample of ``table`` (ids -> ``X``) with the folds' hyper-parameters;
+    its metrics are the cross-validated means ``cv`` of the same protocol, which estimate how good it is."""
+    kw, chosen_by = _final_probe_kw(protocol, results)
+    head = fit_head(protocol, np.stack([X[s] for s in table.slides.tolist()]), table, None, None, name=name,
+                    input_kind=input_kind, classes=table.classes, probe_kw=kw)
+    head.metrics = {"cv": cv, "n_samples": len(table), "hyperparameters": {**head.params, "chosen_by": chosen_by}}
+    return head
+
+
+def iter_evaluate(labels: str | os.PathLike, features: Sequence[str | os.PathLike], *, model=None, protocol: str = "lr",
+                  input: str = "slide", out_dir: str | os.PathLike, splits: str | os.PathLike | None = None,
+                  n_folds: int = 5, val: bool = True, seed: int = 0,
+                  annotations: str | os.PathLike | Mapping[str, Sequence] | None = None,
+                  finetune: Mapping | None = None, final_head: bool = False) -> Iterator[EvaluateEvent]:
+    """Generator form of ``evaluate``; yields EvaluateEvent and returns the results dict.
+
+    model: a CARE (or None for ``input="mean"`` / ``protocol="abmil"``). input: "slide", "roi" or "mean"
+    (with ``annotations``: ignored, the inputs are region embeddings). annotations: a folder of
+    ``<slide>.geojson`` (QuPath) / ``.xml`` (ASAP) files or {slide: [(polygon, class), ...]}: trains a region
+    classifier. splits: a folder of split CSVs to reuse (otherwise made by patient, ``n_folds``, ``seed``).
+    protocol "finetune": fine-tunes ``model`` per fold through the trainer; ``finetune`` overrides its config
+    (``care_core.train.config.FinetuneConfig``: epochs, lr, patience, ...; the paper's values by default).
+    final_head: after the folds, also fit the protocol's head on every labelled sample (lr, knn, survival and
+    region classifiers; hyper-parameters from the folds' choices) and save it as ``heads/<name>_all``.
+    The inputs are checked first with ``check_evaluate_inputs``.
+    """
+    from care_core._atomic import check_output_dir
+    from care_core.evaluate.cohort import iter_load_cohort
+
+    if input not in ("slide", "roi", "mean"):
+        raise InvalidInputError(f"input={input!r} is not one of ('slide', 'roi', 'mean')")
+    if final_head and protocol in ("abmil", "finetune"):
+        raise InvalidInputError(f"--final-head is for lr, knn, survival and region classifiers; protocol {protocol!r} "
+                                "has no head to fit on all samples: drop --final-head or use one of those protocols")
+    region_task = annotations is not None
+    if (input != "mean" or region_task) and protocol != "abmil" and model is None:
+        raise InvalidInputError(f"input {'region' if region_task else input!r} needs a CARE model; pass --model CKPT or --untrained SEED")
+    if protocol == "finetune" and (region_task or input == "mean"):
         raise InvalidInputError("protocol 'finetune' fine-tunes a CARE on slide labels: give --model (or --untrained) "
                                 "and --input slide or roi, without --annotations")
-    need_model = model if (region_task or (input != "mean" and protocol not in ("abmil", "finetune"))) else None
+    uses_model = region_task or (input != "mean" and protocol != "abmil")
+    table, folds = check_evaluate_inputs(labels, features, protocol=protocol, n_folds=n_folds, val=val,
+                                         annotations=annotations, model=model if uses_model else None, splits=splits,
+                                         seed=seed)
+    check_output_dir(out_dir)  # a folder that cannot be written fails before the encoding
+    need_model = model if uses_model and protocol != "finetune" else None
+    yield EvaluateEvent("encode", 0, len(table), "inputs checked")
     gen = iter_load_cohort(table, features, need_model)
     while True:
         try:
@@ -219,12 +309,15 @@ def iter_evaluate(labels: str | os.PathLike, features: Sequence[str | os.PathLik
                                         overrides=finetune, name=name)
         else:
             fold_iter = iter_cross_validate(cohort.inputs(input), table, folds, protocol, input_kind=input, name=name)
+    def stamp(head: Head) -> None:  # what the head's inputs came from
+        head.model_sha256 = "" if kind == "mean" else cohort.model_sha256
+        head.encoder = cohort.encoder
+        head.extra = {"labels": str(labels), "task": eval_table.kind}
+
     results: list[FoldResult] = []
     for res in fold_iter:
         if res.head is not None and protocol != "finetune":  # a fine-tuned head names its own fine-tuned CARE
-            res.head.model_sha256 = "" if kind == "mean" else cohort.model_sha256
-            res.head.encoder = cohort.encoder
-            res.head.extra = {"labels": str(labels), "task": eval_table.kind}
+            stamp(res.head)
         results.append(res)
         yield EvaluateEvent("fold", res.fold + 1, len(folds), f"fold {res.fold}", res.metrics)
     summary = {
@@ -235,21 +328,29 @@ def iter_evaluate(labels: str | os.PathLike, features: Sequence[str | os.PathLik
         "folds": [{"fold": r.fold, "metrics": r.metrics, "params": r.params, "n_train": r.n_train, "n_val": r.n_val,
                    "n_test": r.n_test} for r in results],
     }
+    final = None
+    if final_head:
+        cv = {k: v["mean"] for k, v in summary["summary"].items()}
+        final = _final_head(protocol, X if region_task else cohort.inputs(input), eval_table, results,
+                            name=f"{name}_all", input_kind=kind, cv=cv)
+        stamp(final)
+        summary["final_head"] = str(Path(out_dir) / "heads" / f"{final.name}.safetensors")
     summary["written"] = [str(p) for p in write_results(out_dir, summary, results, eval_table,
-                                                        folds if made_splits else None)]
+                                                        folds if made_splits else None, final_head=final)]
     return summary
 
 
 def write_results(out_dir: str | os.PathLike, summary: dict, results: list[FoldResult], table: LabelTable,
-                  folds: list[Fold] | None) -> list[Path]:
-    """Write results.json, results.md, test_predictions.csv, the heads and (when given) the splits."""
+                  folds: list[Fold] | None, *, final_head: Head | None = None) -> list[Path]:
+    """Write results.json, results.md, test_predictions.csv, the heads (the folds' and ``final_head``) and (when
+    given) the splits."""
     out = Path(out_dir)
     written: list[Path] = []
     if folds is not None:
         written += save_splits(folds, out / "splits")
-    for r in results:
-        if r.head is not None:
-            written.append(r.head.save(out / "heads" / r.head.name))
+    for head in [r.head for r in results] + [final_head]:
+        if head is not None:
+            written.append(head.save(out / "heads" / head.name))
     cols = ["risk"] if table.kind == "survival" else [f"p({c})" for c in table.classes]
     truth = {s: (f"{t:g}/{e}" if table.kind == "survival" else l) for s, l, t, e in zip(
         table.slides.tolist(), table.label if table.label is not None else [None] * len(table),

@@ -7,6 +7,7 @@ import os
 import re
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import numpy as np
 from care_core.errors import FeatureFileError
 from care_core.features.store import FORMAT_NAME, PatchFeatures
 
-__all__ = ["load_features", "infer_step_level0"]
+__all__ = ["load_features", "infer_step_level0", "FeatureHeader", "read_feature_header"]
 
 STANDARD_STEPS_LEVEL0 = (128, 224, 256, 448, 512, 896, 1024, 2048, 4096)  # usual patch sides in level-0 px
 _CARE_NAME = re.compile(r"^(\d+)_(\d+)(?:_(\d+))?(?:\.\w+)?$")
@@ -150,22 +151,19 @@ def _from_h5_parts(path, features, coords, feat_attrs, coord_attrs, root, step_o
     size = root.get("slide_size_level0")
     if size is None and "level0_width" in coord_attrs and "level0_height" in coord_attrs:
         size = (coord_attrs["level0_width"], coord_attrs["level0_height"])
-    mpp = root.get("mpp")
-    target_mag = coord_attrs.get("target_magnification")
-    if mpp is None and target_mag is not None and _attr_str(coord_attrs, "target_magnification"):
-        mpp = 10.0 / float(target_mag)  # TRIDENT's convention: 20x = 0.5 µm/px
+    encoder, mpp, mpp_from_mag, patch_px = _provenance(root, feat_attrs, coord_attrs)
+    if mpp_from_mag:
         extra["mpp_source"] = "10 / target_magnification"
         warnings.warn(f"{path}: no µm/px stored; taking 10 / target_magnification = {mpp:g} µm/px, as TRIDENT does",
                       stacklevel=3)
-    patch_px = root.get("patch_px", coord_attrs.get("patch_size"))
     name = _attr_str(feat_attrs, "name") or _attr_str(coord_attrs, "name")
     pf = PatchFeatures(
         features=features,
         coords=coords,
         patch_size_level0=step,
-        mpp=float(mpp) if mpp is not None else None,
-        patch_px=int(patch_px) if patch_px is not None else None,
-        encoder=_attr_str(root, "encoder") or _attr_str(feat_attrs, "encoder"),
+        mpp=mpp,
+        patch_px=patch_px,
+        encoder=encoder,
         weights_sha256=_attr_str(root, "weights_sha256"),
         slide_path=_attr_str(root, "slide_path") or name,
         slide_size_level0=(int(size[0]), int(size[1])) if size is not None else None,
@@ -175,6 +173,67 @@ def _from_h5_parts(path, features, coords, feat_attrs, coord_attrs, root, step_o
     if pf.mpp is not None and not (pf.mpp > 0 and np.isfinite(pf.mpp)):
         raise FeatureFileError(f"{str(path)!r}: mpp={pf.mpp} is not a positive number of µm/px; fix or re-extract it")
     return pf
+
+
+def _provenance(root, feat_attrs, coord_attrs) -> tuple[str, float | None, bool, int | None]:
+    """(encoder, mpp in µm/px, whether mpp is TRIDENT's 10 / target_magnification, patch_px) of an .h5 file's
+    attributes, read where we write them (root) or where TRIDENT does (on the datasets)."""
+    mpp, from_mag = root.get("mpp"), False
+    target_mag = coord_attrs.get("target_magnification")
+    if mpp is None and target_mag is not None and _attr_str(coord_attrs, "target_magnification"):
+        mpp, from_mag = 10.0 / float(target_mag), True  # TRIDENT's convention: 20x = 0.5 µm/px
+    patch_px = root.get("patch_px", coord_attrs.get("patch_size"))
+    return (_attr_str(root, "encoder") or _attr_str(feat_attrs, "encoder"), float(mpp) if mpp is not None else None,
+            from_mag, int(patch_px) if patch_px is not None else None)
+
+
+@dataclass(frozen=True)
+class FeatureHeader:
+    """What a feature file says about its features without their values: shape and provenance.
+
+    n_patches, dim: the features' shape [N, D]; encoder ("" when unknown); mpp in µm/px and patch_px in px at
+    that mpp (None when unknown). Has the fields ``check_compatible`` reads, so it can be checked like
+    ``PatchFeatures``.
+    """
+
+    source: str
+    n_patches: int
+    dim: int
+    encoder: str = ""
+    mpp: float | None = None
+    patch_px: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.source
+
+
+def read_feature_header(path: str | os.PathLike) -> FeatureHeader:
+    """The shape and provenance of a feature file, read from an .h5 file's attributes and dataset shapes only
+    (milliseconds, whatever its size); other files are loaded with ``load_features``. Raises FeatureFileError
+    naming the file when it is missing, not HDF5, or lacks 'features' [N, D] (or [1, N, D])."""
+    import h5py
+
+    path = Path(path)
+    if path.suffix.lower() not in (".h5", ".hdf5") or not path.is_file():
+        pf = load_features(path)
+        return FeatureHeader(str(path), pf.n_patches, pf.dim, pf.encoder, pf.mpp, pf.patch_px)
+    try:
+        with h5py.File(path, "r") as f:
+            feats, found = f.get("features"), sorted(f.keys())
+            ok = isinstance(feats, h5py.Dataset) and "coords" in f
+            shape = (feats.shape[1:] if len(feats.shape) == 3 and feats.shape[0] == 1 else feats.shape) if ok else ()
+            provenance = _provenance(dict(f.attrs), dict(feats.attrs), dict(f["coords"].attrs)) if ok else None
+    except (OSError, TypeError, ValueError) as exc:
+        raise FeatureFileError(f"{str(path)!r} is not a readable feature file ({str(exc).splitlines()[0]}); "
+                               "re-extract its features") from exc
+    if not ok:
+        raise FeatureFileError(f"{str(path)!r} lacks dataset 'features' or 'coords' (found {found}); expected a "
+                               "TRIDENT/CLAM layout: re-extract it")
+    if len(shape) != 2:
+        raise FeatureFileError(f"{str(path)!r}: features have shape {shape}; expected [N, D] (or [1, N, D])")
+    encoder, mpp, _, patch_px = provenance
+    return FeatureHeader(str(path), int(shape[0]), int(shape[1]), encoder, mpp, patch_px)
 
 
 def _load_care_npy(path: Path, allow_pickle: bool, step_override: int | None) -> PatchFeatures:
