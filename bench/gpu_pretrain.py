@@ -2,11 +2,15 @@
 
 The released CARE (768-d input, embed_dim 512) with iBOT heads (8192 prototypes each), 2 global + 6 local
 views of sub-WSIs of up to 360 patches (blob-shaped grids), views already in memory: this measures the
-model step, the ceiling the data path must feed. FLOPs per step are counted by torch's FlopCounterMode
-on the first step; utilisation = achieved FLOP/s over --peak-tflops (H100 SXM dense bf16: 989).
+model step, the ceiling the data path must feed. Each view's CARE geometry is computed ahead, as Stage I's
+data workers do (--geometry-in-step computes it in the step, on the training process). FLOPs per step are
+counted by torch's FlopCounterMode on the first step; utilisation = achieved FLOP/s over --peak-tflops
+(H100 SXM dense bf16: 989).
 
     python bench/gpu_pretrain.py [--batches 32 64 128] [--steps 10] [--peak-tflops 989]
     python bench/gpu_pretrain.py --device cpu --batches 2 --steps 2 --patches 120   # smoke run on a CPU
+
+Writes ``$OUT/gpu_pretrain.json`` when the OUT environment variable is set.
 
 Goal (issue): >= 500 sub-WSIs/s on one H100-class GPU and >= 35 % utilisation.
 """
@@ -14,6 +18,8 @@ Goal (issue): >= 500 sub-WSIs/s on one H100-class GPU and >= 35 % utilisation.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,12 +37,15 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--peak-tflops", type=float, default=989.0)
     ap.add_argument("--chunk-tokens", type=int, default=16384, help="CARE chunk_tokens (larger on a GPU)")
+    ap.add_argument("--geometry-in-step", action="store_true",
+                    help="compute each view's CARE geometry in the step (Stage I computes it in the data workers)")
     args = ap.parse_args()
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from bench_care_train_step import blob_grid
     from care_core.model import CARE
+    from care_core.model.care import subregion_geometry
     from care_core.train.config import config_from_dict
     from care_core.train.data import ViewConfig, make_views
     from care_core.train.ibot import IBOTObjective
@@ -45,17 +54,26 @@ def main() -> None:
     cfg = config_from_dict("1", {"features": ".", "out_dim": 8192, "patch_out_dim": 8192})
     views_cfg = ViewConfig()
     rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    care = CARE(chunk_tokens=args.chunk_tokens)
+    geometry_args = {"k": care.config.k, "anchor": care.config.anchor, "n_candidates": care.config.n_candidates}
     pool = []
     for _ in range(64):
         grid = blob_grid(args.patches, rng)
-        pool.append(make_views(rng.standard_normal((len(grid), 768), dtype=np.float32), grid, views_cfg, rng))
-    torch.manual_seed(0)
-    obj = IBOTObjective(CARE(chunk_tokens=args.chunk_tokens), cfg).to(dev).train()
+        views = make_views(rng.standard_normal((len(grid), 768), dtype=np.float32), grid, views_cfg, rng)
+        if not args.geometry_in_step:
+            views.geometries = [subregion_geometry(g, **geometry_args) for g in views.grids]
+        pool.append(views)
+    obj = IBOTObjective(care, cfg).to(dev).train()
     params = [p for p in obj.trainable().parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, fused=dev.type == "cuda")
     amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     print(f"device {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'}), views {views_cfg.n_global}+{views_cfg.n_local}, "
-          f"<= {args.patches} patches per sub-WSI")
+          f"<= {args.patches} patches per sub-WSI, geometry {'in the step' if args.geometry_in_step else 'ahead'}")
+    result = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
+              "views": [views_cfg.n_global, views_cfg.n_local], "max_patches": args.patches, "steps": args.steps,
+              "geometry": "in_step" if args.geometry_in_step else "precomputed", "peak_tflops": args.peak_tflops,
+              "batches": []}
 
     def step(batch, count=False):
         ctx = FlopCounterMode(display=False) if count else None
@@ -89,6 +107,12 @@ def main() -> None:
         tflops = flops / dt / 1e12
         print(f"batch {b:4d}: {b / dt:8.1f} sub-WSIs/s, {dt * 1000:8.1f} ms/step, peak {peak:6.1f} GiB, "
               f"{flops / b / 1e9:6.1f} GFLOP per sub-WSI, {tflops:7.2f} TFLOP/s = {100 * tflops / args.peak_tflops:5.1f} % of peak")
+        result["batches"].append({"batch": b, "sub_wsis_per_s": b / dt, "ms_per_step": dt * 1000,
+                                  "peak_gpu_gib": peak if dev.type == "cuda" else None, "gflop_per_sub_wsi": flops / b / 1e9, "tflops": tflops,
+                                  "utilisation": tflops / args.peak_tflops})
+        if os.environ.get("OUT"):
+            path = Path(os.environ["OUT"]) / "gpu_pretrain.json"
+            path.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# GPU check: the tests marked `gpu`, then the three GPU benches, on one CUDA machine, in about 7 minutes at most.
+#
+#   bash scripts/gpu_check.sh
+#   SMOKE=1 bash scripts/gpu_check.sh    # any machine: the benches' CPU smoke sizes, to check the script itself
+#
+# Logs and JSON results go to $OUT (default: a gpu-check-out folder in the temporary directory): gpu_check.log (everything printed),
+# gpu_dmon.log (nvidia-smi dmon, one line a second, with timestamps), gpu_care.json, gpu_extract.json,
+# gpu_pretrain.json and geometry_in_step/gpu_pretrain.json. Each step has its own time limit; a failing
+# step does not stop the next one, and the script exits non-zero when any step failed.
+#
+# No network is needed. Python packages the machine lacks (the pyramid and region stack: dask, zarr,
+# tiffslide, imagecodecs, shapely, ...; napari and Qt are not needed) can be put as wheels in .whl/ (or the
+# folder $WHEELS names): they are installed into /tmp/site, which goes first on PYTHONPATH. The project itself is used from the checkout
+# (PYTHONPATH), not installed.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-${TMPDIR:-/tmp}/gpu-check-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+SMOKE=${SMOKE:-0}
+WHEELS=${WHEELS:-.whl}
+SUMMARY=()
+FAILED=0
+
+step() {  # step NAME LIMIT_S COMMAND...
+    local name=$1 limit=$2 t0 rc
+    shift 2
+    echo
+    echo "=== $(date -u +%H:%M:%S) $name (limit ${limit}s): $*"
+    t0=$(date +%s)
+    timeout -k 10 "$limit" "$@"
+    rc=$?
+    echo "=== $(date -u +%H:%M:%S) $name: rc=$rc after $(($(date +%s) - t0)) s"
+    [ "$rc" -eq 0 ] || FAILED=1
+    SUMMARY+=("$name rc=$rc $(($(date +%s) - t0))s")
+}
+
+main() {
+echo "=== $(date -u +%FT%TZ) gpu_check in $PWD ($(git rev-parse --short HEAD 2>/dev/null || echo 'no git'))"
+if compgen -G "$WHEELS/*.whl" >/dev/null; then
+    if $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl; then
+        export PYTHONPATH=/tmp/site
+    else
+        echo "wheel install failed"; FAILED=1
+    fi
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+
+nvidia-smi
+$PY - <<'EOF'
+import importlib
+import torch
+print(f"python torch {torch.__version__} cuda {torch.version.cuda} cudnn {torch.backends.cudnn.version()} "
+      f"available {torch.cuda.is_available()}")
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print(f"device {p.name}, {p.total_memory / 2**30:.1f} GiB, {p.multi_processor_count} SMs, cc {p.major}.{p.minor}")
+for name in ("numpy", "scipy", "timm", "h5py", "tifffile", "tiffslide", "zarr", "dask", "imagecodecs", "shapely"):
+    try:
+        print(f"  {name} {importlib.import_module(name).__version__}")
+    except Exception as e:  # noqa: BLE001 - report and go on
+        print(f"  {name}: {type(e).__name__}: {e}")
+EOF
+
+nvidia-smi dmon -s pucm -o T -d 1 >"$OUT/gpu_dmon.log" 2>&1 &
+DMON=$!
+
+# the GUI test modules import napari / Qt, which a GPU machine does not need
+step pytest_gpu 75 $PY -m pytest -q -m gpu tests/ --ignore-glob='tests/test_gui_*.py' -p no:cacheprovider -rs
+mkdir -p "$OUT/geometry_in_step"
+if [ "$SMOKE" = 1 ]; then
+    step gpu_care 75 $PY bench/gpu_care.py --smoke
+    step gpu_pretrain 110 $PY bench/gpu_pretrain.py --device cpu --batches 1 --steps 1 --patches 60
+    step gpu_extract 110 $PY bench/gpu_extract.py --device cpu --n 64 --batch 32
+    step gpu_pretrain_geometry_in_step 45 env OUT="$OUT/geometry_in_step" \
+        $PY bench/gpu_pretrain.py --device cpu --batches 1 --steps 1 --patches 60 --geometry-in-step
+else
+    step gpu_care 75 $PY bench/gpu_care.py --sizes 10000 100000 --repeats 3
+    step gpu_pretrain 110 $PY bench/gpu_pretrain.py --batches 32 64 128 --steps 10
+    step gpu_extract 110 $PY bench/gpu_extract.py --device cuda --n 4096 --batch 128
+    step gpu_pretrain_geometry_in_step 45 env OUT="$OUT/geometry_in_step" \
+        $PY bench/gpu_pretrain.py --batches 64 --steps 5 --geometry-in-step
+fi
+
+kill "$DMON" 2>/dev/null
+wait "$DMON" 2>/dev/null
+echo
+echo "=== summary"
+printf '%s\n' "${SUMMARY[@]}"
+return "$FAILED"
+}
+
+main 2>&1 | tee -a "$OUT/gpu_check.log"
+exit "${PIPESTATUS[0]}"
