@@ -4,15 +4,17 @@
 #   bash scripts/gpu_check.sh
 #   SMOKE=1 bash scripts/gpu_check.sh    # any machine: the benches' CPU smoke sizes, to check the script itself
 #
-# Logs and JSON results go to $OUT (default: a gpu-check-out folder in the temporary directory): gpu_check.log (everything printed),
-# gpu_dmon.log (nvidia-smi dmon, one line a second, with timestamps), gpu_care.json, gpu_extract.json,
-# gpu_pretrain.json and geometry_in_step/gpu_pretrain.json. Each step has its own time limit; a failing
-# step does not stop the next one, and the script exits non-zero when any step failed.
+# Logs and JSON results go to $OUT (default: a gpu-check-out folder in the temporary directory):
+# gpu_check.log (everything printed), gpu_dmon.log (nvidia-smi dmon, one line a second, with timestamps),
+# gpu_care.json, gpu_extract.json, gpu_pretrain.json and geometry_in_step/gpu_pretrain.json. Each step has
+# its own time limit; a failing step does not stop the next one, and the script exits non-zero when any
+# step failed.
 #
 # No network is needed. Python packages the machine lacks (the pyramid and region stack: dask, zarr,
 # tiffslide, imagecodecs, shapely, ...; napari and Qt are not needed) can be put as wheels in .whl/ (or the
-# folder $WHEELS names): they are installed into /tmp/site, which goes first on PYTHONPATH. The project itself is used from the checkout
-# (PYTHONPATH), not installed.
+# folder $WHEELS names): they are installed into /tmp/site, which goes on PYTHONPATH after the checkout.
+# The project itself is used from the checkout (PYTHONPATH), not installed. On one H200 the whole check
+# took 2 minutes 10 s.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-${TMPDIR:-/tmp}/gpu-check-out}
