@@ -95,8 +95,9 @@ class InspectorPanel(QWidget):
         self.table.itemSelectionChanged.connect(self._on_table_selection)
 
     # --- content -----------------------------------------------------------------------------------------
-    def set_encoding(self, encoding, *, model_label: str = "") -> None:
-        """Fill the panel with ``encoding``'s regions and predictions (no region selected yet)."""
+    def set_encoding(self, encoding, *, model_label: str = "", head_notes: dict | None = None) -> None:
+        """Fill the panel with ``encoding``'s regions and predictions (no region selected yet). head_notes:
+        {head name: its validation metrics} shown beside that head's prediction."""
         from care_core.regions import prediction_columns, region_table
 
         self.rows = region_table(encoding)
@@ -105,12 +106,14 @@ class InspectorPanel(QWidget):
         self.roi = int(encoding.roi)
         self.selected = None
         lines = [f"<b>{len(self.rows)} regions</b>; ROI = region {self.roi}" + (f" · {html.escape(model_label)}" if model_label else "")]
+        notes = head_notes or {}
         for pred in self.predictions:
+            note = f" <i>(validation: {html.escape(notes[pred.head])})</i>" if notes.get(pred.head) else ""
             if pred.classes == ("risk",):
-                lines.append(f"<b>{html.escape(pred.head)}</b>: risk {pred.slide_proba[0]:.2f}")
+                lines.append(f"<b>{html.escape(pred.head)}</b>: risk {pred.slide_proba[0]:.2f}{note}")
             else:
                 probs = ", ".join(f"{html.escape(c)} {p:.0%}" for c, p in zip(pred.classes, pred.slide_proba))
-                lines.append(f"<b>{html.escape(pred.head)}</b>: <b>{html.escape(pred.slide_class)}</b> ({probs})")
+                lines.append(f"<b>{html.escape(pred.head)}</b>: <b>{html.escape(pred.slide_class)}</b> ({probs}){note}")
         if not self.predictions:
             lines.append("no prediction heads loaded")
         self.slide_summary.setText("<br>".join(lines))

@@ -1,6 +1,7 @@
-"""The Train CARE dock widget: fine-tune or pretrain in a child process (care_core.train.jobs), watched by a
-QTimer that drains its events, so the viewer never waits on training. Progress with ETA, a live loss curve,
-validation metrics, Cancel / Resume, and the fine-tuned CARE + head offered to the CARE widget when it ends."""
+"""The Train CARE dock widget: a linear probe, a region classifier from annotation layers, a fine-tune or
+pretraining, run as ``care`` commands in a child process (care_core.train.jobs) watched by a QTimer that drains
+its events, so the viewer never waits on training. Inputs checked before anything starts; progress with ETA, a
+live loss curve, validation metrics, Cancel / Resume; the result offered to the CARE widget when it ends."""
 
 from __future__ import annotations
 
@@ -8,15 +9,41 @@ import json
 from pathlib import Path
 
 import napari
-from magicgui.widgets import ComboBox, Container, FileEdit
-from qtpy.QtCore import QEvent, QObject, QPointF, QTimer
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, SpinBox
+from qtpy.QtCore import QEvent, QObject, QPointF, Qt, QTimer
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
-from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from care_core.errors import InvalidInputError
 
 from ._inspector import wrapping_label
+from ._train_inputs import (
+    FINETUNE,
+    JOBS,
+    PROBE,
+    REGION,
+    STAGE1,
+    STAGE2,
+    JobInputs,
+    annotations_from_layers,
+    plan_job,
+    slide_files,
+)
 
-JOBS = {"fine-tune": ("finetune", None), "pretrain Stage I": ("pretrain", "1"), "pretrain Stage II": ("pretrain", "2")}
-_STAGE_JOB = {"finetune": "fine-tune", "1": "pretrain Stage I", "2": "pretrain Stage II"}
+TYPED, TABLE = "typed below", "table file"
+_STAGE_JOB = {"finetune": FINETUNE, "1": STAGE1, "2": STAGE2}
+
 POLL_MS = 200  # how often the Qt thread drains the child's events
 
 
@@ -61,19 +88,59 @@ class LossPlot(QWidget):
 
 
 class TrainWidget(QWidget):
-    """Pick a job (fine-tune, pretrain Stage I / II), a config file and a run folder, press Start. The job runs
-    as ``care finetune|pretrain`` in a child process; Cancel keeps its last checkpoint and Resume continues it.
-    Closing napari leaves a running job running (a notification says where)."""
+    """Pick a job, its slides and labels (a table, typed rows, or annotation layers), the CARE to start from, the
+    hyper-parameters (the paper's defaults) and a run folder; press Start. The inputs are checked first; the job
+    runs as ``care`` commands in a child process (features extracted first where missing); Cancel keeps the last
+    checkpoint, Resume continues it; the result goes to the CARE widget and the open slide is analysed with it."""
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
+        from care_core.features import list_encoders
+
+        from ._widget import DEMO, FILE, UNTRAINED, demo_checkpoint
+
         self.viewer = napari_viewer
         self.job = None
-        self.job_choice = ComboBox(label="job", choices=list(JOBS), value="fine-tune")
+        self.job_choice = ComboBox(label="job", choices=list(JOBS), value=FINETUNE)
+        self.use_open = CheckBox(label="open slides", value=True, tooltip="train on the slides open in napari")
+        self.slide_files = FileEdit(label="slide files", mode="rm", value=(), tooltip="more slides (optional)")
+        self.slide_folder = FileEdit(label="slide folder", mode="d", value="", tooltip="a folder of slides (optional)")
+        self.encoder = ComboBox(label="patch encoder", choices=list_encoders(), value="stain-texture")
+        self.features = FileEdit(label="features folder", mode="d", value="",
+                                 tooltip="<slide>.h5 feature files, reused; missing ones are extracted into it "
+                                         "(empty: the window's shared folder for this encoder)")
+        self.labels_source = ComboBox(label="labels", choices=[TYPED, TABLE], value=TYPED)
+        self.labels_file = FileEdit(label="labels table", mode="r", value="", filter="*.csv *.tsv *.parquet",
+                                    tooltip="slide, label[, patient] or slide, time, event[, patient]")
+        self.start_from = ComboBox(label="start from", choices=[DEMO, UNTRAINED, FILE],
+                                   value=DEMO if demo_checkpoint() else UNTRAINED)
+        self.model = FileEdit(label="CARE checkpoint", mode="r", value="", filter="*.safetensors")
+        self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
+        self.protocol = ComboBox(label="probe", choices=["lr", "knn", "survival"], value="lr",
+                                 tooltip="lr: logistic regression, knn: k nearest neighbours, survival: Cox")
+        self.input = ComboBox(label="input", choices=["slide", "roi"], value="slide",
+                              tooltip="slide embedding or ROI feature")
+        self.folds = SpinBox(label="folds", value=5, min=3, max=20, tooltip="cross-validation folds (by patient)")
+        self.epochs = SpinBox(label="epochs", value=200, min=1, max=100000)
+        self.lr = LineEdit(label="learning rate", value="2e-5")
+        self.patience = SpinBox(label="patience", value=15, min=1, max=10000, tooltip="epochs without a better validation loss")
+        self.min_epochs = SpinBox(label="min epochs", value=20, min=0, max=100000)
+        self.batch_size = SpinBox(label="batch size", value=1, min=1, max=1024)
+        self.fold = SpinBox(label="fold", value=0, min=0, max=19, tooltip="which fold of the splits to train on")
         self.config = FileEdit(label="config file", mode="r", value="", filter="*.toml *.yaml *.yml *.json",
-                               tooltip="a training config (see docs/training.md)")
+                               tooltip="a training config (docs/training.md): needed for pretraining; for a "
+                                       "fine-tune it replaces the fields above")
         self.out = FileEdit(label="run folder", mode="d", value="", tooltip="a new folder for a run, or one to resume")
-        self.form = Container(widgets=[self.job_choice, self.config, self.out])
+        self.analyse_after = CheckBox(label="analyse the open slide with the result", value=True)
+        self.form = Container(widgets=[
+            self.job_choice, self.use_open, self.slide_files, self.slide_folder, self.encoder, self.features,
+            self.labels_source, self.labels_file, self.start_from, self.model, self.seed, self.protocol, self.input,
+            self.folds, self.epochs, self.lr, self.patience, self.min_epochs, self.batch_size, self.fold, self.config,
+            self.out, self.analyse_after])
+        self.labels_table = QTableWidget(0, 4)
+        self.labels_table.setHorizontalHeaderLabels(["slide", "label", "time", "event"])
+        self.labels_table.verticalHeader().setVisible(False)
+        self.labels_table.setMinimumHeight(90)
         self.start_button, self.cancel_button = QPushButton("Start"), QPushButton("Cancel")
         self.resume_button, self.open_button = QPushButton("Resume"), QPushButton("Open run folder…")
         self.cancel_button.setEnabled(False)
@@ -90,6 +157,7 @@ class TrainWidget(QWidget):
 
         layout = QVBoxLayout(self)
         layout.addWidget(self.form.native)
+        layout.addWidget(self.labels_table)
         row = QHBoxLayout()
         for b in (self.start_button, self.cancel_button, self.resume_button):
             row.addWidget(b)
@@ -106,29 +174,134 @@ class TrainWidget(QWidget):
         self.resume_button.clicked.connect(lambda: self.start(resume=True))
         self.cancel_button.clicked.connect(self.cancel)
         self.open_button.clicked.connect(self._ask_open)
+        for w in (self.job_choice, self.labels_source, self.start_from):
+            w.changed.connect(self._update_fields)
+        for w in (self.use_open, self.slide_files, self.slide_folder, self.features):
+            w.changed.connect(self.refresh_slides)
+        for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            event.connect(self.refresh_slides)
         self._watched_window = None
         self._cancelled = False
+        self._started_at = 0.0
+        self._update_fields()
+        self.refresh_slides()
+
+    # --- form ------------------------------------------------------------------------------------------------
+    def _update_fields(self, *_args) -> None:
+        from ._widget import FILE, UNTRAINED
+
+        job = self.job_choice.value
+        labelled, pretrain, tune = job in (PROBE, FINETUNE), job in (STAGE1, STAGE2), job == FINETUNE
+        for w in (self.use_open, self.slide_files, self.slide_folder, self.encoder, self.features, self.start_from):
+            w.visible = not pretrain
+        self.labels_source.visible = labelled
+        self.labels_file.visible = labelled and self.labels_source.value == TABLE
+        self.labels_table.setVisible(labelled and self.labels_source.value == TYPED)
+        self.model.visible = not pretrain and self.start_from.value == FILE
+        self.seed.visible = not pretrain and self.start_from.value == UNTRAINED
+        for w in (self.protocol, self.folds):
+            w.visible = job == PROBE or (w is self.folds and job == REGION)
+        self.input.visible = job in (PROBE, FINETUNE)
+        for w in (self.epochs, self.lr, self.patience, self.min_epochs, self.batch_size, self.fold):
+            w.visible = tune
+        self.config.visible = pretrain or tune
+        self.analyse_after.visible = not pretrain
+
+    def open_slides(self) -> dict[str, object]:
+        """{name: layer} of the slide layers open in the viewer (an image with a file path)."""
+        return {Path(layer.metadata["path"]).stem: layer for layer in self.viewer.layers
+                if layer._type_string == "image" and layer.metadata.get("path")}
+
+    def slides(self) -> dict[str, Path]:
+        """{name: slide file} of every slide the form names: the open ones, the files and the folder's."""
+        out = {s: Path(layer.metadata["path"]) for s, layer in self.open_slides().items()} if self.use_open.value else {}
+        files = [Path(p) for p in (self.slide_files.value or ()) if str(p) not in ("", ".")]
+        out.update(slide_files(_path(self.slide_folder.value), files))
+        return out
+
+    def refresh_slides(self, *_args) -> None:
+        """One typed-labels row per slide (open, listed, or with features in the features folder), keeping what
+        was typed for slides still there."""
+        typed = {r[0]: r[1:] for r in self.typed_rows()}
+        features = _path(self.features.value)
+        stems = {p.stem for p in features.glob("*.h5")} if features is not None and features.is_dir() else set()
+        names = sorted(set(self.slides()) | stems)
+        self.labels_table.setRowCount(len(names))
+        for i, name in enumerate(names):
+            item = QTableWidgetItem(name)
+            item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
+            self.labels_table.setItem(i, 0, item)
+            for j, value in enumerate(typed.get(name, ("", "", "")), start=1):
+                self.labels_table.setItem(i, j, QTableWidgetItem(value))
+
+    def typed_rows(self) -> list[tuple[str, str, str, str]]:
+        t = self.labels_table
+        cell = lambda i, j: t.item(i, j).text() if t.item(i, j) is not None else ""  # noqa: E731
+        return [tuple(cell(i, j) for j in range(4)) for i in range(t.rowCount())]
+
+    def set_label(self, slide: str, label: str = "", time: str = "", event: str = "") -> None:
+        """Type a slide's label (or time and event) into the table (what a user does by hand)."""
+        for i in range(self.labels_table.rowCount()):
+            if self.labels_table.item(i, 0).text() == slide:
+                for j, v in enumerate((label, time, event), start=1):
+                    self.labels_table.setItem(i, j, QTableWidgetItem(str(v)))
+                return
+        raise KeyError(f"no slide {slide!r} in the labels table")
+
+    def inputs(self) -> JobInputs:
+        """The form as JobInputs (annotations read from the viewer's Shapes layers for a region classifier)."""
+        from care_core.model.checkpoint import DEMO_CHECKPOINT
+
+        from ._widget import DEMO, FILE
+
+        job = self.job_choice.value
+        model = {DEMO: DEMO_CHECKPOINT, FILE: _path(self.model.value)}.get(self.start_from.value)
+        if self.start_from.value == FILE and model is None:
+            raise InvalidInputError("choose a CARE checkpoint file, or start from the demo checkpoint or untrained")
+        try:
+            lr = float(self.lr.value)
+        except ValueError:
+            raise InvalidInputError(f"learning rate {self.lr.value!r} is not a number (e.g. 2e-5)") from None
+        hyper = ({"protocol": self.protocol.value, "input": self.input.value, "folds": self.folds.value} if job == PROBE
+                 else {"folds": self.folds.value} if job == REGION
+                 else {"epochs": self.epochs.value, "lr": lr, "min_lr": lr, "patience": self.patience.value,
+                       "min_epochs": min(self.min_epochs.value, self.epochs.value), "batch_size": self.batch_size.value,
+                       "fold": self.fold.value, "input": self.input.value})
+        return JobInputs(
+            job=job, run_dir=_path(self.out.value), slides=self.slides(),
+            labels_file=_path(self.labels_file.value) if self.labels_source.value == TABLE else None,
+            labels_rows=self.typed_rows(),
+            annotations=annotations_from_layers(self.viewer.layers, self.open_slides()) if job == REGION else {},
+            features_dir=_path(self.features.value), encoder=self.encoder.value, model=model, seed=self.seed.value,
+            config_file=_path(self.config.value), hyper=hyper)
 
     # --- jobs ------------------------------------------------------------------------------------------------
     def start(self, *, resume: bool = False) -> bool:
-        """Start (or resume) the chosen job; False (with the message shown) when it could not start."""
-        from care_core.train.jobs import start_job
+        """Check the inputs, then start (or resume) the job; False (with the library's message shown) when it
+        could not start: nothing is written and no process starts then."""
+        import time
+
+        from care_core.errors import CareError
+        from care_core.train.jobs import start_commands
 
         if self.job is not None and self.job.running:
             return self._fail("a job is running; cancel it first")
-        command, stage = JOBS[self.job_choice.value]
-        config, out = _path(self.config.value), _path(self.out.value)
-        if out is None:
+        if _path(self.out.value) is None:
             return self._fail("choose a run folder")
-        if not resume and config is None:
-            return self._fail("choose a config file (see docs/training.md), or Resume a run folder")
-        if config is not None and not config.is_file():
-            return self._fail(f"config file {config} does not exist")
+        try:
+            plan = plan_job(self.inputs(), resume=resume)
+        except CareError as exc:
+            return self._fail(str(exc))
+        if not resume:
+            plan.write()
         self.plot.clear()
         self.metrics_label.setText("")
-        self.status.setText(("resuming " if resume else "starting ") + str(out))
-        self.job = start_job(command, config=None if resume else config, run_dir=out, stage=stage, resume=resume)
+        self.progress_label.setText("")
+        what = (f"extracting features of {len(plan.extract)} slide(s), then " if plan.extract else "")
+        self.status.setText(("resuming " if resume else f"starting {what}{plan.job} in ") + str(plan.run_dir))
+        self.job = start_commands(plan.commands, plan.run_dir, job=plan.job, record=plan.record)
         self._cancelled = False
+        self._started_at = time.monotonic()
         self._set_running(True)
         self.timer.start()
         self._watch_window_close()
@@ -142,12 +315,10 @@ class TrainWidget(QWidget):
             self.job.cancel()
 
     def poll(self) -> None:
-        """Drain the child's events (never waits on it); when it has exited, report how it ended."""
+        """Drain the child's events (never waits on it); when the job has ended, report how."""
         if self.job is None:
             return
         running = self.job.running
-        if not running:
-            self.job.wait(timeout=5)  # its pipes are closed: the readers finish at once
         for ev in self.job.poll():
             self._on_event(ev)
         if not running:
@@ -156,18 +327,26 @@ class TrainWidget(QWidget):
             self._on_exit()
 
     def _on_event(self, ev) -> None:
-        if ev.kind in ("start", "step", "validate", "end"):
+        command = self.job.commands[self.job.command_index][0]
+        if ev.kind in ("start", "step", "validate", "end", "extract", "encode"):
             self.progress.setRange(0, max(ev.total_steps, 1))
             self.progress.setValue(ev.step)
-            self.progress_label.setText(f"step {ev.step} / {ev.total_steps}   {_eta(ev.eta_s)}")
+            what = {"extract": "features", "evaluate": "slides encoded" if ev.kind == "encode" else "folds"}.get(command, "step")
+            self.progress_label.setText(f"{what} {ev.step} / {ev.total_steps}   {_eta(ev.eta_s)}")
         if ev.kind == "step":
             loss = ev.metrics.get("loss", ev.metrics.get("loss_task"))
             if loss is not None:
                 self.plot.add(ev.step, float(loss))
         elif ev.kind == "validate":
-            self.metrics_label.setText(f"epoch {ev.epoch}: " + ", ".join(
-                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in ev.metrics.items()))
-        elif ev.kind == "end":
+            where = f"fold {ev.epoch}" if command == "evaluate" else f"epoch {ev.epoch}"
+            self.metrics_label.setText(f"{where}: " + _metrics_text(ev.metrics))
+        elif ev.kind == "end" and command != "extract":
+            import time
+
+            took = time.monotonic() - self._started_at
+            self.progress_label.setText(f"done in {_eta(took)[4:]}")
+            if command == "evaluate":
+                self.metrics_label.setText("cross-validated: " + _metrics_text(ev.metrics) + _folds_note(self.job.run_dir))
             self.status.setText(f"done: {ev.path}")
             self.offer_result(self.job.run_dir)
 
@@ -194,41 +373,53 @@ class TrainWidget(QWidget):
 
     # --- results ---------------------------------------------------------------------------------------------
     def offer_result(self, run_dir: str | Path) -> bool:
-        """Give a run's CARE checkpoint (and head, for fine-tuning) to every docked CARE widget."""
+        """Give a run's result to every docked CARE widget: a fine-tune's CARE and head, a probe's final head with
+        the CARE it was trained on; then analyse the open slide with it (when asked)."""
         from ._widget import CareWidget
 
-        run_dir = Path(run_dir)
-        care = run_dir / "care.safetensors"
-        if not care.is_file():
+        care, head = run_result(run_dir)
+        if care is None and head is None:
             return False
-        head = run_dir / "head.safetensors"
-        offered = False
-        for widget in _docked(self.viewer, CareWidget):
-            widget.add_trained(care, head if head.is_file() else None)
-            offered = True
-        if offered:
-            napari.utils.notifications.show_info(f"{run_dir.name}: CARE checkpoint"
-                                                 + (" and head" if head.is_file() else "") + " added to the CARE widget")
-        return offered
+        widgets = _docked(self.viewer, CareWidget)
+        for widget in widgets:
+            widget.add_trained(care, head)
+            if self.analyse_after.value and widget.slide.value is not None and not widget.busy():
+                widget.run()
+        if widgets:
+            napari.utils.notifications.show_info(f"{Path(run_dir).name}: " + ("head " + Path(head).stem if head else "")
+                                                 + (" and " if head and care else "") + ("CARE checkpoint" if care else "")
+                                                 + " added to the CARE widget")
+        return bool(widgets)
 
     def open_run(self, run_dir: str | Path) -> None:
-        """Show a run folder made here or elsewhere: its job, its latest validation metrics, its result."""
+        """Show a run folder made here or elsewhere: its job, its curve and latest metrics, its result."""
+        from care_core.train.jobs import read_job
+
         run_dir = Path(run_dir)
+        job = read_job(run_dir) or {}
         try:
             record = json.loads((run_dir / "config.json").read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            self._fail(f"{run_dir} is not a run folder ({exc.__class__.__name__}: no readable config.json)")
+        except (OSError, json.JSONDecodeError):
+            record = None
+        results = run_dir / "results.json"
+        if record is None and not results.is_file():
+            self._fail(f"{run_dir} is not a run folder (no config.json or results.json)")
             return
         self.out.value = run_dir
-        self.job_choice.value = _STAGE_JOB.get(str(record.get("stage")), self.job_choice.value)
+        self.job_choice.value = job.get("job") or (_STAGE_JOB.get(str(record.get("stage"))) if record else PROBE)
         self.plot.clear()
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").is_file() else ():
+        metrics = run_dir / "metrics.jsonl"
+        for line in metrics.read_text().splitlines() if metrics.is_file() else ():
             row = json.loads(line)
             if "loss" in row and "step" in row:
                 self.plot.add(int(row["step"]), float(row["loss"]))
+        if results.is_file():
+            summary = json.loads(results.read_text()).get("summary", {})
+            self.metrics_label.setText("cross-validated: " + _metrics_text({k: v["mean"] for k, v in summary.items()
+                                                                            if isinstance(v, dict) and "mean" in v}))
         done = self.offer_result(run_dir)
-        self.status.setText(f"{run_dir}: " + ("finished; its CARE is offered to the CARE widget" if done
-                                                 else "not finished; Resume continues it"))
+        self.status.setText(f"{run_dir}: " + ("finished; its result is offered to the CARE widget" if done
+                                              else "not finished; Resume continues it"))
 
     def _ask_open(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Open a run folder")
@@ -244,8 +435,30 @@ class TrainWidget(QWidget):
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:
         if event.type() == QEvent.Type.Close and self.job is not None and self.job.running:
-            self.leave_running()
+            choice = self.ask_on_close()
+            if choice == "back":
+                event.ignore()
+                return True  # napari stays open
+            if choice == "stop":
+                self._cancelled = True
+                self.job.cancel()
+            else:
+                self.leave_running()
         return False
+
+    def ask_on_close(self) -> str:
+        """napari is closing while a job runs: 'stop' it (keeping its last checkpoint), 'leave' it running, or
+        go 'back' to napari."""
+        box = QMessageBox(self)
+        box.setWindowTitle("Training is running")
+        box.setText(f"A {self.job_choice.value} job is running in {self.job.run_dir}.")
+        box.setInformativeText("Stop it (its last checkpoint is kept; Resume continues it), or leave it running in "
+                               "the background?")
+        stop = box.addButton("Stop it", QMessageBox.ButtonRole.DestructiveRole)
+        leave = box.addButton("Leave it running", QMessageBox.ButtonRole.AcceptRole)
+        box.addButton("Back to napari", QMessageBox.ButtonRole.RejectRole)
+        box.exec_()
+        return "stop" if box.clickedButton() is stop else "leave" if box.clickedButton() is leave else "back"
 
     def leave_running(self) -> None:
         """napari closes while a job runs: the child carries on (its own session; it writes its run folder)."""
@@ -253,6 +466,35 @@ class TrainWidget(QWidget):
             f"training continues in the background (pid {self.job.proc.pid}) in {self.job.run_dir}; "
             "open or resume that run folder from the Train CARE widget later")
 
+
+def run_result(run_dir: str | Path) -> tuple[Path | None, Path | None]:
+    """(CARE checkpoint, head) a finished run folder gives: a fine-tune's ``care`` and ``head``; a probe's final
+    head and the CARE it was trained on (from its job.json); (None, None) when it has not finished."""
+    from care_core.train.jobs import read_job
+
+    run_dir = Path(run_dir)
+    care, head = run_dir / "care.safetensors", run_dir / "head.safetensors"
+    if care.is_file():
+        return care, head if head.is_file() else None
+    finals = sorted((run_dir / "heads").glob("*_all.safetensors"))
+    if not finals:
+        return None, None
+    model = ((read_job(run_dir) or {}).get("job_inputs") or {}).get("model") or None
+    return (Path(model) if model else None), finals[-1]
+
+
+def _folds_note(run_dir: Path) -> str:
+    """A warning when a region classifier's folds split regions, not patients (too few annotated slides)."""
+    try:
+        by = json.loads((Path(run_dir) / "results.json").read_text()).get("folds_by")
+    except (OSError, ValueError):
+        return ""
+    return (" (folds split regions, not slides: too few annotated slides per class, so this estimate is "
+            "optimistic; annotate more slides)") if by == "region" else ""
+
+
+def _metrics_text(metrics: dict) -> str:
+    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
 
 def _path(value) -> Path | None:
     return None if value is None or str(value) in ("", ".") else Path(value)

@@ -3,6 +3,7 @@ or table, export them (QuPath, ASAP, OME-TIFF mask, CSV, npz) and import annotat
 
 from __future__ import annotations
 
+import html
 import threading
 from pathlib import Path
 
@@ -105,7 +106,9 @@ class CareWidget(QWidget):
                               tooltip="a .safetensors CARE checkpoint (with its .json beside it)")
         self.seed = SpinBox(label="untrained seed", value=0, min=0, max=2**31 - 1)
         self.heads = FileEdit(label="prediction heads", mode="rm", value=(), filter="*.safetensors",
-                              tooltip="heads saved by care train-head / care probe (optional)")
+                              tooltip="heads saved by care evaluate, care finetune or the Train CARE widget (optional)")
+        self.head_notes: dict[str, str] = {}  # head name -> its validation metrics (heads trained in this window)
+        self.heads_label = wrapping_label()
         self.target_mpp = FloatSpinBox(label="patch µm/px", value=0.0, min=0.0, max=100.0, step=0.05,
                                        tooltip="0 = what the checkpoint was trained on, else what the encoder expects")
         self.patch_px = SpinBox(label="patch size px", value=0, min=0, max=8192,
@@ -154,6 +157,7 @@ class CareWidget(QWidget):
         analyse = QWidget()
         col = QVBoxLayout(analyse)
         col.addWidget(self.form.native)
+        col.addWidget(self.heads_label)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -196,15 +200,26 @@ class CareWidget(QWidget):
         self.model.visible = self.checkpoint.value == FILE
         self.seed.visible = self.checkpoint.value == UNTRAINED
 
-    def add_trained(self, care: str | Path, head: str | Path | None = None) -> None:
-        """Offer a freshly trained CARE checkpoint (``care.safetensors``) and its head: selects it as the
-        checkpoint file and adds the head to 'prediction heads' (the Train widget calls this when a run ends)."""
-        self.checkpoint.value = FILE
-        self.model.value = Path(care).with_suffix(".safetensors")
+    def add_trained(self, care: str | Path | None, head: str | Path | None = None) -> None:
+        """Offer a freshly trained result (the Train widget calls this when a job ends): ``care`` becomes the
+        checkpoint (the demo's own path selects 'demo checkpoint'; None: an untrained CARE, as the head was
+        trained on) and ``head`` is added to 'prediction heads', its validation metrics shown under it."""
+        demo = demo_checkpoint()
+        if care is None:
+            self.checkpoint.value = UNTRAINED
+        elif demo is not None and Path(care).with_suffix("") == demo:
+            self.checkpoint.value = DEMO
+        else:
+            self.checkpoint.value = FILE
+            self.model.value = Path(care).with_suffix(".safetensors")
         if head is not None:
             heads = [Path(p) for p in (self.heads.value or ()) if str(p) not in ("", ".")]
             new = Path(head).with_suffix(".safetensors")
             self.heads.value = [*[h for h in heads if h != new], new]
+            name, note = head_note(new)
+            self.head_notes[name] = note
+            self.heads_label.setText("<br>".join(f"<b>{html.escape(k)}</b>: {html.escape(v)}"
+                                                 for k, v in self.head_notes.items()))
 
     def _model_choice(self) -> tuple[Path | None, str]:
         """(checkpoint path or None for untrained, a label for it)."""
@@ -353,7 +368,7 @@ class CareWidget(QWidget):
             old = self.layers.pop(key)
             if old in self.viewer.layers:
                 self.viewer.layers.remove(old)
-        self.inspector.set_encoding(enc, model_label=model_label)
+        self.inspector.set_encoding(enc, model_label=model_label, head_notes=self.head_notes)
         self.export_button.setEnabled(True)
         yield "inspector"
         self.viewer.layers.selection.active = self.layers["regions"]  # napari builds its layer controls here
@@ -495,6 +510,8 @@ class CareWidget(QWidget):
             return None
         data, kwargs, _ = annotation_layer(annotations, mpp, name=Path(path).name)
         kwargs["edge_width"] = _OUTLINE_PX["annotations"] / max(camera(self.viewer).zoom, 1e-9)
+        if layer is not None:  # the slide they belong to (a region classifier trained from the window needs it)
+            kwargs["metadata"]["care_source"] = Path(layer.metadata["path"]).stem
         shapes = self.viewer.add_shapes(data, **kwargs)
         self.status.setText(f"{len(annotations)} annotations from {Path(path).name}")
         return shapes
@@ -509,6 +526,21 @@ def set_outline(layer, rings: list, edge_width: float, edge_color) -> None:
         layer.edge_width = edge_width
         layer.edge_color = np.tile(np.asarray(edge_color, float), (len(rings), 1))
         layer.face_color = "transparent"
+
+
+def head_note(path: str | Path) -> tuple[str, str]:
+    """(head name, one line of its validation metrics: a probe's cross-validated means, a fine-tune's best
+    validation scores) from the head's .json."""
+    import json
+
+    try:
+        meta = json.loads(Path(path).with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return Path(path).stem, ""
+    metrics = meta.get("metrics") or {}
+    metrics = metrics.get("cv", metrics)
+    shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return str(meta.get("name") or Path(path).stem), ", ".join(f"{k} {v:.3g}" for k, v in list(shown.items())[:5])
 
 
 def _preload() -> None:

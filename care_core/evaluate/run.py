@@ -84,6 +84,25 @@ def _read_annotation_folder(folder: Path, slides: Sequence[str]) -> dict[str, li
     return out
 
 
+def _region_splits(table: LabelTable, *, n_folds: int, val: bool, seed: int) -> tuple[list[Fold], str]:
+    """Folds of a region classifier: by patient when every class is annotated on at least ``n_folds`` patients;
+    otherwise (a few annotated slides, the usual case in the window) region by region, with a warning that
+    neighbouring regions of one slide then sit in train and test, so the estimate is optimistic.
+    Returns (folds, "patient" | "region")."""
+    import dataclasses
+    import warnings
+
+    try:
+        return make_splits(table, n_folds=n_folds, val=val, seed=seed), "patient"
+    except InvalidInputError as exc:
+        by_region = dataclasses.replace(table, patients=table.slides)
+        folds = make_splits(by_region, n_folds=n_folds, val=val, seed=seed)  # too few regions: its own message
+        warnings.warn(f"{str(exc).split(';')[0]}: the region classifier's folds split regions, not patients, so "
+                      "regions of one slide are in training and test (an optimistic estimate); annotate more slides "
+                      "for a by-patient one", stacklevel=2)
+        return folds, "region"
+
+
 def _region_folds(folds: list[Fold], table: LabelTable) -> list[Fold]:
     slide_of = {rid: rid.rsplit("#", 1)[0] for rid in table.slides.tolist()}
 
@@ -295,12 +314,15 @@ def iter_evaluate(labels: str | os.PathLike, features: Sequence[str | os.PathLik
         if unknown:
             raise InvalidInputError(f"annotations for slide(s) {unknown[:10]} that are not in labels table {str(labels)!r}")
         eval_table, X = region_table(cohort, polys)
-        folds = (_region_folds(folds, eval_table) if folds is not None
-                 else make_splits(eval_table, n_folds=n_folds, val=val, seed=seed))
+        if folds is not None:
+            folds, grouping = _region_folds(folds, eval_table), "patient"
+        else:
+            folds, grouping = _region_splits(eval_table, n_folds=n_folds, val=val, seed=seed)
         made_splits = splits is None
         fold_iter = iter_cross_validate(X, eval_table, folds, "knn" if protocol == "knn" else "lr",
                                         input_kind="region", name=name)
     else:
+        grouping = "patient"
         eval_table, made_splits = table, splits is None
         if protocol == "abmil":
             fold_iter = _abmil_folds(cohort, folds, name=name)
@@ -322,7 +344,7 @@ def iter_evaluate(labels: str | os.PathLike, features: Sequence[str | os.PathLik
         yield EvaluateEvent("fold", res.fold + 1, len(folds), f"fold {res.fold}", res.metrics)
     summary = {
         "protocol": protocol, "input": kind, "task": eval_table.kind, "labels": str(labels),
-        "classes": list(eval_table.classes), "n_samples": len(eval_table), "n_folds": len(folds),
+        "classes": list(eval_table.classes), "n_samples": len(eval_table), "n_folds": len(folds), "folds_by": grouping,
         "model_sha256": "" if kind == "mean" else cohort.model_sha256, "encoder": cohort.encoder,
         "summary": summary_of(results),
         "folds": [{"fold": r.fold, "metrics": r.metrics, "params": r.params, "n_train": r.n_train, "n_val": r.n_val,

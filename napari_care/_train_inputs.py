@@ -1,0 +1,327 @@
+"""What a training job in the window is made of, gathered from the viewer and checked before anything starts:
+the slides (open layers, files, a folder), their labels (a table file or typed rows), annotation layers for a
+region classifier, the features folder (reused; slides without features are extracted first), and the
+``care`` commands that run the job. No Qt here: the Train widget calls ``plan_job`` on its form's values."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from care_core.errors import InvalidInputError
+
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".svslide", ".mrxs", ".vms", ".vmu")
+PROBE, REGION, FINETUNE, STAGE1, STAGE2 = "linear probe", "region classifier", "fine-tune", "pretrain Stage I", "pretrain Stage II"
+JOBS = (PROBE, REGION, FINETUNE, STAGE1, STAGE2)
+# care_kind of the Shapes layers the CARE widget draws itself: never annotations
+_OWN_SHAPES = ("roi", "highlight", "outlines")
+
+
+@dataclass
+class JobInputs:
+    """The form's values. labels_rows: typed (slide, label, time, event) rows, used when labels_file is None.
+    model: a CARE checkpoint path (None: untrained with ``seed``). hyper: the job's hyper-parameters."""
+
+    job: str
+    run_dir: Path
+    slides: dict[str, Path] = field(default_factory=dict)  # slide name (file stem) -> slide file
+    labels_file: Path | None = None
+    labels_rows: list[tuple[str, str, str, str]] = field(default_factory=list)
+    annotations: dict[str, list] = field(default_factory=dict)  # slide -> [Annotation] (region classifier)
+    features_dir: Path | None = None
+    encoder: str = "stain-texture"
+    model: Path | None = None
+    seed: int = 0
+    config_file: Path | None = None  # pretraining (and an optional fine-tune config written elsewhere)
+    hyper: dict = field(default_factory=dict)
+
+
+@dataclass
+class JobPlan:
+    """Checked inputs: the files to write into the run folder, the features to link from the window's cache,
+    the slides to extract, and the ``care`` commands (argv after ``care``) in order."""
+
+    job: str
+    run_dir: Path
+    files: dict[str, str] = field(default_factory=dict)  # name in run_dir -> text
+    link: dict[Path, Path] = field(default_factory=dict)  # cached feature file -> features_dir/<slide>.h5
+    extract: list[Path] = field(default_factory=list)
+    commands: list[list[str]] = field(default_factory=list)
+    record: dict = field(default_factory=dict)
+
+    def write(self) -> None:
+        """Write the run folder's input files and link the cached features (fast: hard links where possible)."""
+        from care_core._atomic import atomic_path
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in self.files.items():
+            with atomic_path(self.run_dir / name) as tmp:
+                tmp.write_text(text)
+        for src, dest in self.link.items():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, dest)
+            except OSError:
+                shutil.copy2(src, dest)
+
+
+def default_features_dir(encoder: str, mpp: float, patch_px: int) -> Path:
+    """The window's shared features folder for one encoder and grid: every job reuses what it holds."""
+    from care_core.pipeline import care_cache_dir
+
+    safe = encoder.replace(":", "_").replace("/", "_")
+    return care_cache_dir() / "features" / f"{safe}-{mpp:g}um-{patch_px}px"
+
+
+def slide_files(folder: Path | None, files=()) -> dict[str, Path]:
+    """{name: path} of the slide files listed and of those in ``folder`` (by suffix)."""
+    out: dict[str, Path] = {}
+    if folder is not None and folder.is_dir():
+        for p in sorted(folder.iterdir()):
+            if p.suffix.lower() in SLIDE_SUFFIXES and p.is_file():
+                out[p.stem] = p
+    for p in files:
+        out[Path(p).stem] = Path(p)
+    return out
+
+
+def grid_of(model: Path | None, encoder: str) -> tuple[float, int]:
+    """(µm/px, patch px) features must have: the checkpoint's, else what the encoder expects."""
+    from care_core.features import get_encoder_spec
+
+    spec = get_encoder_spec(encoder)
+    if model is None:
+        return spec.mpp, spec.patch_px
+    from care_core.model.checkpoint import read_checkpoint_meta
+
+    meta = read_checkpoint_meta(model)
+    return meta.feature_mpp or spec.mpp, meta.patch_px or spec.patch_px
+
+
+def check_encoder(model: Path | None, encoder: str, mpp: float, patch_px: int, files=()) -> None:
+    """The library's FeatureMismatchError when the feature ``files`` there already (their headers only) or,
+    without files, features of ``encoder`` to be extracted cannot go into the checkpoint."""
+    if model is None:
+        return
+    from care_core.features import get_encoder_spec
+    from care_core.features.importers import FeatureHeader, read_feature_header
+    from care_core.model.checkpoint import check_features, read_checkpoint_meta
+
+    meta = read_checkpoint_meta(model)
+    spec = get_encoder_spec(encoder)
+    headers = [read_feature_header(f) for f in files] or [FeatureHeader("features to extract", 0, spec.dim, spec.name,
+                                                                          mpp, patch_px)]
+    for header in headers:
+        check_features(meta, header)
+
+
+def cached_features(slide: Path, encoder: str, mpp: float, patch_px: int) -> Path | None:
+    """A feature file the CARE widget already made for ``slide`` with this encoder and grid, or None."""
+    import h5py
+
+    from care_core.pipeline import ResultCache
+
+    folder = ResultCache.default().slide_dir(slide)
+    for path in sorted(folder.glob("features-*.h5")) if folder.is_dir() else ():
+        try:
+            with h5py.File(path, "r") as f:
+                a = f.attrs
+                if (str(a.get("encoder", "")) == encoder and abs(float(a.get("mpp", -1)) - mpp) <= 1e-6
+                        and int(a.get("patch_px", -1)) == patch_px):
+                    return path
+        except (OSError, TypeError, ValueError):
+            continue
+    return None
+
+
+def labels_csv(rows) -> str:
+    """Typed rows (slide, label, time, event) as a labels table: slide,label or slide,time,event; blank rows
+    (no label and no time) are left out."""
+    rows = [tuple(str(v).strip() for v in r) for r in rows]
+    rows = [r for r in rows if r[0] and (r[1] or r[2])]
+    if not rows:
+        raise InvalidInputError("no labels: type a label (or a time and event) for at least two slides, or choose a labels table")
+    survival = any(r[2] for r in rows)
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(("slide", "time", "event") if survival else ("slide", "label"))
+    for s, label, time, event in rows:
+        w.writerow((s, time, event) if survival else (s, label))
+    return out.getvalue()
+
+
+def annotations_geojson(annotations) -> str:
+    import json
+
+    from care_core.regions.export import annotations_to_geojson
+
+    return json.dumps(annotations_to_geojson(annotations))
+
+
+def _read_table(text: str, *, slides_only: bool):
+    """read_labels on a table held in memory (checked before anything is written)."""
+    from care_core.evaluate.labels import read_labels
+
+    import dataclasses
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "labels.csv"
+        path.write_text(text)
+        try:
+            table = read_labels(path, slides_only=slides_only)
+        except InvalidInputError as exc:
+            raise InvalidInputError(str(exc).replace(f"labels table {str(path)!r}", "the typed labels")) from None
+    return dataclasses.replace(table, source="typed labels")
+
+
+def plan_job(inputs: JobInputs, *, resume: bool = False) -> JobPlan:
+    """Check ``inputs`` and say how to run them; raises the library's errors (InvalidInputError, ...) naming
+    what to fix. Nothing is written here."""
+    from care_core.evaluate.labels import read_labels
+    from care_core.evaluate.splits import make_splits
+    from care_core.train.jobs import train_command
+
+    job, run = inputs.job, Path(inputs.run_dir)
+    plan = JobPlan(job, run, record={"job_inputs": {"encoder": inputs.encoder, "model": str(inputs.model or ""),
+                                                    "seed": inputs.seed, "hyper": inputs.hyper}})
+    if resume:
+        if job == PROBE or job == REGION:
+            raise InvalidInputError(f"a {job} has no checkpoint to resume; press Start to run it again")
+        if not (run / "config.json").is_file():
+            raise InvalidInputError(f"{run} holds no run to resume (no config.json); choose its run folder")
+        stage = {FINETUNE: None, STAGE1: "1", STAGE2: "2"}[job]
+        plan.commands = [train_command("finetune" if job == FINETUNE else "pretrain", config=None, run_dir=run,
+                                       stage=stage, resume=True)]
+        return plan
+    if (run / "config.json").exists() or (run / "results.json").exists():
+        raise InvalidInputError(f"{run} already holds a run; choose a new run folder (or Resume this one)")
+    if job in (STAGE1, STAGE2) or (job == FINETUNE and inputs.config_file is not None):
+        if inputs.config_file is None:
+            raise InvalidInputError("pretraining needs a config file (see docs/training.md)")
+        if not inputs.config_file.is_file():
+            raise InvalidInputError(f"config file {inputs.config_file} does not exist")
+        command, stage = ("finetune", None) if job == FINETUNE else ("pretrain", "1" if job == STAGE1 else "2")
+        plan.commands = [train_command(command, config=inputs.config_file, run_dir=run, stage=stage)]
+        return plan
+
+    # --- labels ---------------------------------------------------------------------------------------------
+    region = job == REGION
+    if region:
+        annotated = {s: a for s, a in inputs.annotations.items() if a}
+        if not annotated:
+            raise InvalidInputError("no annotations: draw or import polygons over a slide (one Shapes layer per class, "
+                                    "or shapes with a 'class'), then Start")
+        text = "slide\n" + "".join(f"{s}\n" for s in sorted(annotated))
+        table = _read_table(text, slides_only=True)
+        for s, anns in annotated.items():
+            plan.files[f"annotations/{s}.geojson"] = annotations_geojson(anns)
+    elif inputs.labels_file is not None:
+        table = read_labels(inputs.labels_file)
+        text = Path(inputs.labels_file).read_text()
+    else:
+        text = labels_csv(inputs.labels_rows)
+        table = _read_table(text, slides_only=False)
+    plan.files["labels.csv"] = text
+    n_folds = int(inputs.hyper.get("folds", 5))
+    if not region:
+        make_splits(table, n_folds=n_folds)  # too few patients (or one class) for the folds: the library says so
+    if job == PROBE and inputs.hyper.get("protocol") == "survival" and table.kind != "survival":
+        raise InvalidInputError("a survival probe needs labels with time and event")
+
+    # --- features: reuse, link from the window's cache, or extract ---------------------------------------
+    mpp, patch_px = grid_of(inputs.model, inputs.encoder)
+    features = inputs.features_dir or default_features_dir(inputs.encoder, mpp, patch_px)
+    missing, present = [], []
+    for s in table.slides.tolist():
+        if (features / f"{s}.h5").is_file():
+            present.append(features / f"{s}.h5")
+            continue
+        slide = inputs.slides.get(s)
+        if slide is None:
+            missing.append(s)
+            continue
+        cached = cached_features(slide, inputs.encoder, mpp, patch_px)
+        if cached is not None:
+            plan.link[cached] = features / f"{s}.h5"
+        else:
+            plan.extract.append(slide)
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" … ({len(missing)} in all)" if len(missing) > 10 else "")
+        raise InvalidInputError(f"slide(s) {shown} have no features in {features} and no slide file: open them, add "
+                                "them under 'slide files' or 'slide folder', or drop their labels")
+    check_encoder(inputs.model, inputs.encoder, mpp, patch_px, present + list(plan.link))
+    if plan.extract:
+        check_encoder(inputs.model, inputs.encoder, mpp, patch_px)
+        plan.commands.append(["extract", *map(str, plan.extract), "--out", str(features), "--encoder", inputs.encoder,
+                              "--target-mpp", f"{mpp:g}", "--patch-px", str(patch_px), "--events-json"])
+    model_args = ["--model", str(inputs.model)] if inputs.model is not None else ["--untrained", str(inputs.seed)]
+    labels = str(run / "labels.csv")
+    if job in (PROBE, REGION):
+        cmd = ["evaluate", "--labels", labels, "--features", str(features), *model_args,
+               "--protocol", inputs.hyper.get("protocol", "lr"), "--folds", str(n_folds), "--out", str(run),
+               "--final-head", "--events-json"]
+        if region:
+            cmd += ["--annotations", str(run / "annotations")]
+        else:
+            cmd += ["--input", inputs.hyper.get("input", "slide")]
+        plan.commands.append(cmd)
+    else:
+        import json
+
+        hyper = {k: v for k, v in inputs.hyper.items() if k not in ("folds", "protocol")}
+        folds = make_splits(table, seed=inputs.seed)  # the trainer's own splits
+        if int(hyper.get("fold", 0)) >= len(folds):
+            raise InvalidInputError(f"fold {hyper['fold']} does not exist: the splits have folds 0..{len(folds) - 1}")
+        fold = folds[int(hyper.get("fold", 0))]
+        per_epoch = max(1, len(fold.train) // int(hyper.get("batch_size", 1)))
+        cfg = {"labels": labels, "features": str(features), "init": str(inputs.model or ""), "seed": inputs.seed,
+               "log_every": 1, "checkpoint_every": per_epoch, **hyper}  # a live curve; a checkpoint every epoch
+        plan.files["finetune.json"] = json.dumps(cfg, indent=2)
+        plan.commands.append(train_command("finetune", config=run / "finetune.json", run_dir=run))
+    plan.record["features"] = str(features)
+    return plan
+
+
+def layer_class(name: str) -> str:
+    """The class a Shapes layer's name gives: napari's ' [n]' suffix of a repeated name dropped."""
+    return re.sub(r" \[\d+\]$", "", name)
+
+
+def annotations_from_layers(layers, slides: dict[str, object]) -> dict[str, list]:
+    """{slide name: [Annotation]} from the viewer's Shapes layers: each shape's 'class' feature, else the layer's
+    name, is its class; a layer belongs to the slide it was imported over (``care_source``), else to the only
+    open slide. ``slides``: {name (file stem): slide Image layer}, which maps the shapes back to level-0 px."""
+    from shapely.geometry import Polygon
+
+    from care_core.regions.annotations import Annotation, polygonal
+
+    out: dict[str, list] = {}
+    for layer in layers:
+        if layer._type_string != "shapes" or layer.metadata.get("care_kind") in _OWN_SHAPES or not len(layer.data):
+            continue
+        if layer.metadata.get("care_kind") not in (None, "annotations"):
+            continue
+        source = layer.metadata.get("care_source")
+        if source not in slides:
+            if len(slides) != 1:
+                raise InvalidInputError(f"annotation layer {layer.name!r}: which slide is it on? Keep one slide open, "
+                                        "or import the annotations with the CARE widget over their slide")
+            source = next(iter(slides))
+        image, name = slides[source], source
+        classes = layer.features["class"].tolist() if "class" in layer.features else [""] * len(layer.data)
+        for ring, shape_type, cls in zip(layer.data, layer.shape_type, classes):
+            if shape_type not in ("polygon", "rectangle", "ellipse"):
+                continue
+            level0 = np.asarray([image.world_to_data(layer.data_to_world(p))[-2:] for p in ring])  # (row, col) px
+            geom = polygonal(Polygon(level0[:, ::-1] + 0.5))  # pixel centres -> corners (x, y), as the files hold
+            if geom is not None:
+                out.setdefault(name, []).append(Annotation(geom, classification=str(cls) or layer_class(layer.name)))
+    return out
