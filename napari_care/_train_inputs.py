@@ -318,8 +318,8 @@ def annotations_from_layers(layers, slides: dict[str, object]) -> dict[str, list
         image, name = slides[source], source
         classes = layer.features["class"].tolist() if "class" in layer.features else [""] * len(layer.data)
         for ring, shape_type, cls in zip(layer.data, layer.shape_type, classes):
-            if shape_type not in ("polygon", "rectangle", "ellipse"):
-                continue
+            if shape_type not in ("polygon", "rectangle", "ellipse") or len(ring) < 3:
+                continue  # lines, paths, points and degenerate polygons have no area
             level0 = np.asarray([image.world_to_data(layer.data_to_world(p))[-2:] for p in ring])  # (row, col) px
             geom = polygonal(Polygon(level0[:, ::-1] + 0.5))  # pixel centres -> corners (x, y), as the files hold
             if geom is not None:

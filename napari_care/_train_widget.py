@@ -206,6 +206,7 @@ class TrainWidget(QWidget):
             w.visible = tune
         self.config.visible = pretrain or tune
         self.analyse_after.visible = not pretrain
+        self.plot.setVisible(job not in (PROBE, REGION))  # a probe has no loss curve: its folds' metrics show below
 
     def open_slides(self) -> dict[str, object]:
         """{name: layer} of the slide layers open in the viewer (an image with a file path)."""

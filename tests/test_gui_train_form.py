@@ -160,7 +160,7 @@ def test_closing_napari_during_a_job_asks_and_stop_keeps_the_run(make_napari_vie
     viewer = make_napari_viewer()
     _care, train = _docked(viewer)
     _form(train, cohort, tiny_checkpoint, tmp_path / "run")
-    train.epochs.value = train.min_epochs.value = 50
+    train.epochs.value = train.min_epochs.value = 1000  # still running when napari closes
     assert train.start()
     asked = []
     train.ask_on_close = lambda: asked.append(1) or "back"  # the user's answer (not monkeypatch: it would outlive the viewer)
