@@ -217,6 +217,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         return 2
     bar = None
     for ev in pretrain(run_dir, stage=args.stage, config=args.config, resume=args.resume is not None):
+        _check_terminated()  # a SIGTERM whose raise was lost stops the run at the next event (every logged step)
         if args.events_json:  # after a closed pipe training goes on: metrics.jsonl keeps the record
             _print_event(ev)
         elif ev.kind == "start":
@@ -496,10 +497,20 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM (a batch system's time limit, `kill`), unwound like Ctrl-C so that temp files are removed."""
 
 
+def _check_terminated() -> None:
+    """Raise _Terminated when a SIGTERM came but its raise was swallowed (e.g. inside a finaliser)."""
+    if _TERMINATED.is_set():
+        raise _Terminated()
+
+
+_TERMINATED = threading.Event()  # set by SIGTERM; long loops check it too, as a raise from the handler can be lost
+
+
 @contextmanager
 def _sigterm_unwinds():
     def handler(signum, frame):
-        raise _Terminated()
+        _TERMINATED.set()
+        raise _Terminated()  # Python drops it when it lands in a __del__ or a weakref callback: see _check_terminated
 
     if threading.current_thread() is not threading.main_thread():
         yield

@@ -182,11 +182,12 @@ def _read_table(text: str, *, slides_only: bool):
     return dataclasses.replace(table, source="typed labels")
 
 
+PRETRAIN_CHECKPOINT_EVERY = 100  # our choice for window runs: a cancel loses at most 100 steps
+
+
 def plan_job(inputs: JobInputs, *, resume: bool = False) -> JobPlan:
     """Check ``inputs`` and say how to run them; raises the library's errors (InvalidInputError, ...) naming
     what to fix. Nothing is written here."""
-    from care_core.evaluate.labels import read_labels
-    from care_core.evaluate.splits import make_splits
     from care_core.train.jobs import train_command
 
     job, run = inputs.job, Path(inputs.run_dir)
@@ -203,16 +204,27 @@ def plan_job(inputs: JobInputs, *, resume: bool = False) -> JobPlan:
         return plan
     if (run / "config.json").exists() or (run / "results.json").exists():
         raise InvalidInputError(f"{run} already holds a run; choose a new run folder (or Resume this one)")
-    if job in (STAGE1, STAGE2) or (job == FINETUNE and inputs.config_file is not None):
-        if inputs.config_file is None:
-            raise InvalidInputError("pretraining needs a config file (see docs/training.md)")
+    command, stage = {FINETUNE: ("finetune", None), STAGE1: ("pretrain", "1"), STAGE2: ("pretrain", "2")}.get(job, ("", None))
+    if inputs.config_file is not None and command:  # a config written elsewhere replaces the form
         if not inputs.config_file.is_file():
             raise InvalidInputError(f"config file {inputs.config_file} does not exist")
-        command, stage = ("finetune", None) if job == FINETUNE else ("pretrain", "1" if job == STAGE1 else "2")
         plan.commands = [train_command(command, config=inputs.config_file, run_dir=run, stage=stage)]
         return plan
+    if job in (STAGE1, STAGE2):
+        return _plan_pretrain(plan, inputs, stage)
+    return _plan_labelled(plan, inputs)
 
-    # --- labels ---------------------------------------------------------------------------------------------
+
+def _plan_labelled(plan: JobPlan, inputs: JobInputs) -> JobPlan:
+    """A linear probe, region classifier or fine-tune: labels (or annotations), features, the commands."""
+    import json
+
+    from care_core.evaluate.labels import read_labels
+    from care_core.evaluate.splits import make_splits
+    from care_core.train.config import config_from_dict
+    from care_core.train.jobs import train_command
+
+    job, run = plan.job, plan.run_dir
     region = job == REGION
     if region:
         annotated = {s: a for s, a in inputs.annotations.items() if a}
@@ -235,12 +247,76 @@ def plan_job(inputs: JobInputs, *, resume: bool = False) -> JobPlan:
         make_splits(table, n_folds=n_folds)  # too few patients (or one class) for the folds: the library says so
     if job == PROBE and inputs.hyper.get("protocol") == "survival" and table.kind != "survival":
         raise InvalidInputError("a survival probe needs labels with time and event")
+    features = _plan_features(plan, inputs, table.slides.tolist())
+    model_args = ["--model", str(inputs.model)] if inputs.model is not None else ["--untrained", str(inputs.seed)]
+    labels = str(run / "labels.csv")
+    if job in (PROBE, REGION):
+        cmd = ["evaluate", "--labels", labels, "--features", str(features), *model_args,
+               "--protocol", inputs.hyper.get("protocol", "lr"), "--folds", str(n_folds), "--out", str(run),
+               "--final-head", "--events-json"]
+        cmd += ["--annotations", str(run / "annotations")] if region else ["--input", inputs.hyper.get("input", "slide")]
+        plan.commands.append(cmd)
+        return plan
+    hyper = {k: v for k, v in inputs.hyper.items() if k not in ("folds", "protocol")}
+    folds = make_splits(table, seed=inputs.seed)  # the trainer's own splits
+    if int(hyper.get("fold", 0)) >= len(folds):
+        raise InvalidInputError(f"fold {hyper['fold']} does not exist: the splits have folds 0..{len(folds) - 1}")
+    per_epoch = max(1, len(folds[int(hyper.get("fold", 0))].train) // int(hyper.get("batch_size", 1)))
+    cfg = {"labels": labels, "features": str(features), "init": str(inputs.model or ""), "seed": inputs.seed,
+           "log_every": 1, "checkpoint_every": per_epoch, **hyper}  # a live curve; a checkpoint every epoch
+    config_from_dict("finetune", cfg)  # the config's own checks (e.g. lr > 0), before anything starts
+    plan.files["finetune.json"] = json.dumps(cfg, indent=2)
+    plan.commands.append(train_command("finetune", config=run / "finetune.json", run_dir=run))
+    return plan
 
-    # --- features: reuse, link from the window's cache, or extract ---------------------------------------
+
+def _plan_pretrain(plan: JobPlan, inputs: JobInputs, stage: str) -> JobPlan:
+    """Stage I on the slides' features (a features.txt list), or Stage II aligning them to an RNA or protein
+    matrix whose sample ids are the slide names (a molecular.csv table); from the chosen CARE."""
+    import json
+
+    from care_core.train.config import STAGES, config_from_dict
+    from care_core.train.jobs import train_command
+
+    run = plan.run_dir
+    names = set(inputs.slides)
+    if inputs.features_dir is not None and inputs.features_dir.is_dir():
+        names |= {p.stem for p in inputs.features_dir.glob("*.h5")}
+    if len(names) < 2:
+        raise InvalidInputError("pretraining needs slides: open them, list them under 'slide files' or 'slide folder', "
+                                "or choose a features folder holding their .h5 files")
+    names = sorted(names)
+    features = _plan_features(plan, inputs, names)
+    files = [features / f"{s}.h5" for s in names]
+    hyper = {k: inputs.hyper[k] for k in ("epochs", "batch_size", "lr") if k in inputs.hyper}
+    cfg = {"init": str(inputs.model or ""), "seed": inputs.seed, "log_every": 1,
+           "checkpoint_every": PRETRAIN_CHECKPOINT_EVERY, **hyper}
+    default = STAGES[stage]()
+    if cfg.get("epochs", default.epochs) < default.warmup_epochs:  # a short run warms up for the paper's share of it
+        cfg["warmup_epochs"] = default.warmup_epochs * cfg["epochs"] / default.epochs
+    if stage == "1":
+        plan.files["features.txt"] = "".join(f"{f}\n" for f in files)
+        cfg["features"] = str(run / "features.txt")
+    else:
+        modality, matrix = inputs.hyper.get("modality", "rna"), inputs.hyper.get("molecular")
+        if not matrix or not Path(matrix).is_file():
+            raise InvalidInputError(f"Stage II needs the {modality} matrix file (samples x {'genes' if modality == 'rna' else 'proteins'}, "
+                                    "sample ids = slide names)")
+        plan.files["molecular.csv"] = "slide,features,sample_id\n" + "".join(f"{s},{f},{s}\n" for s, f in zip(names, files))
+        cfg.update(table=str(run / "molecular.csv"), modality=modality, **{modality: str(matrix)})
+    config_from_dict(stage, cfg)  # the config's own checks (e.g. warm-up within the epochs), before anything starts
+    plan.files["pretrain.json"] = json.dumps(cfg, indent=2)
+    plan.commands.append(train_command("pretrain", config=run / "pretrain.json", run_dir=run, stage=stage))
+    return plan
+
+
+def _plan_features(plan: JobPlan, inputs: JobInputs, names: list[str]) -> Path:
+    """Where the features of ``names`` are: in the features folder, linked from the CARE widget's cache, or
+    extracted first (a ``care extract`` command); checked against the checkpoint. Returns the folder."""
     mpp, patch_px = grid_of(inputs.model, inputs.encoder)
     features = inputs.features_dir or default_features_dir(inputs.encoder, mpp, patch_px)
     missing, present = [], []
-    for s in table.slides.tolist():
+    for s in names:
         if (features / f"{s}.h5").is_file():
             present.append(features / f"{s}.h5")
             continue
@@ -257,37 +333,14 @@ def plan_job(inputs: JobInputs, *, resume: bool = False) -> JobPlan:
         shown = ", ".join(missing[:10]) + (f" … ({len(missing)} in all)" if len(missing) > 10 else "")
         raise InvalidInputError(f"slide(s) {shown} have no features in {features} and no slide file: open them, add "
                                 "them under 'slide files' or 'slide folder', or drop their labels")
-    check_encoder(inputs.model, inputs.encoder, mpp, patch_px, present + list(plan.link))
+    if present or plan.link:
+        check_encoder(inputs.model, inputs.encoder, mpp, patch_px, present + list(plan.link))
     if plan.extract:
         check_encoder(inputs.model, inputs.encoder, mpp, patch_px)
         plan.commands.append(["extract", *map(str, plan.extract), "--out", str(features), "--encoder", inputs.encoder,
                               "--target-mpp", f"{mpp:g}", "--patch-px", str(patch_px), "--events-json"])
-    model_args = ["--model", str(inputs.model)] if inputs.model is not None else ["--untrained", str(inputs.seed)]
-    labels = str(run / "labels.csv")
-    if job in (PROBE, REGION):
-        cmd = ["evaluate", "--labels", labels, "--features", str(features), *model_args,
-               "--protocol", inputs.hyper.get("protocol", "lr"), "--folds", str(n_folds), "--out", str(run),
-               "--final-head", "--events-json"]
-        if region:
-            cmd += ["--annotations", str(run / "annotations")]
-        else:
-            cmd += ["--input", inputs.hyper.get("input", "slide")]
-        plan.commands.append(cmd)
-    else:
-        import json
-
-        hyper = {k: v for k, v in inputs.hyper.items() if k not in ("folds", "protocol")}
-        folds = make_splits(table, seed=inputs.seed)  # the trainer's own splits
-        if int(hyper.get("fold", 0)) >= len(folds):
-            raise InvalidInputError(f"fold {hyper['fold']} does not exist: the splits have folds 0..{len(folds) - 1}")
-        fold = folds[int(hyper.get("fold", 0))]
-        per_epoch = max(1, len(fold.train) // int(hyper.get("batch_size", 1)))
-        cfg = {"labels": labels, "features": str(features), "init": str(inputs.model or ""), "seed": inputs.seed,
-               "log_every": 1, "checkpoint_every": per_epoch, **hyper}  # a live curve; a checkpoint every epoch
-        plan.files["finetune.json"] = json.dumps(cfg, indent=2)
-        plan.commands.append(train_command("finetune", config=run / "finetune.json", run_dir=run))
     plan.record["features"] = str(features)
-    return plan
+    return features
 
 
 def layer_class(name: str) -> str:

@@ -6,6 +6,7 @@ live loss curve, validation metrics, Cancel / Resume; the result offered to the 
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import napari
@@ -15,6 +16,7 @@ from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QMessageBox,
     QProgressBar,
@@ -127,20 +129,27 @@ class TrainWidget(QWidget):
         self.min_epochs = SpinBox(label="min epochs", value=20, min=0, max=100000)
         self.batch_size = SpinBox(label="batch size", value=1, min=1, max=1024)
         self.fold = SpinBox(label="fold", value=0, min=0, max=19, tooltip="which fold of the splits to train on")
+        self.modality = ComboBox(label="modality", choices=["rna", "protein"], value="rna",
+                                 tooltip="Stage II aligns slides to RNA (first) or protein (from the RNA run)")
+        self.molecular = FileEdit(label="molecular table", mode="r", value="", filter="*.csv *.parquet *.h5ad",
+                                  tooltip="samples x genes (RNA) or x proteins; sample ids are the slide names")
         self.config = FileEdit(label="config file", mode="r", value="", filter="*.toml *.yaml *.yml *.json",
                                tooltip="a training config (docs/training.md): needed for pretraining; for a "
                                        "fine-tune it replaces the fields above")
         self.out = FileEdit(label="run folder", mode="d", value="", tooltip="a new folder for a run, or one to resume")
         self.analyse_after = CheckBox(label="analyse the open slide with the result", value=True)
-        self.form = Container(widgets=[
+        self.form = Container(widgets=[  # the data, then the typed labels, then the model and its training
             self.job_choice, self.use_open, self.slide_files, self.slide_folder, self.encoder, self.features,
-            self.labels_source, self.labels_file, self.start_from, self.model, self.seed, self.protocol, self.input,
-            self.folds, self.epochs, self.lr, self.patience, self.min_epochs, self.batch_size, self.fold, self.config,
+            self.labels_source, self.labels_file])
+        self.training_form = Container(widgets=[
+            self.start_from, self.model, self.seed, self.protocol, self.input, self.folds, self.epochs, self.lr,
+            self.patience, self.min_epochs, self.batch_size, self.fold, self.modality, self.molecular, self.config,
             self.out, self.analyse_after])
         self.labels_table = QTableWidget(0, 4)
         self.labels_table.setHorizontalHeaderLabels(["slide", "label", "time", "event"])
         self.labels_table.verticalHeader().setVisible(False)
-        self.labels_table.setMinimumHeight(90)
+        self.labels_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.labels_table.setMinimumHeight(140)
         self.start_button, self.cancel_button = QPushButton("Start"), QPushButton("Cancel")
         self.resume_button, self.open_button = QPushButton("Resume"), QPushButton("Open run folder…")
         self.cancel_button.setEnabled(False)
@@ -158,6 +167,7 @@ class TrainWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(self.form.native)
         layout.addWidget(self.labels_table)
+        layout.addWidget(self.training_form.native)
         row = QHBoxLayout()
         for b in (self.start_button, self.cancel_button, self.resume_button):
             row.addWidget(b)
@@ -174,6 +184,7 @@ class TrainWidget(QWidget):
         self.resume_button.clicked.connect(lambda: self.start(resume=True))
         self.cancel_button.clicked.connect(self.cancel)
         self.open_button.clicked.connect(self._ask_open)
+        self.job_choice.changed.connect(self._set_defaults)
         for w in (self.job_choice, self.labels_source, self.start_from):
             w.changed.connect(self._update_fields)
         for w in (self.use_open, self.slide_files, self.slide_folder, self.features):
@@ -185,25 +196,36 @@ class TrainWidget(QWidget):
         self._started_at = 0.0
         self._update_fields()
         self.refresh_slides()
+        threading.Thread(target=_preload, name="napari-care-train-preload", daemon=True).start()
 
     # --- form ------------------------------------------------------------------------------------------------
+    def _set_defaults(self, *_args) -> None:
+        """The paper's epochs, learning rate and batch size of the chosen job (CARE_METHOD.md; config.py)."""
+        from care_core.train.config import STAGES
+
+        stage = {FINETUNE: "finetune", STAGE1: "1", STAGE2: "2"}.get(self.job_choice.value)
+        if stage is not None:
+            cfg = STAGES[stage]()
+            self.epochs.value, self.lr.value, self.batch_size.value = cfg.epochs, f"{cfg.lr:g}", cfg.batch_size
+
     def _update_fields(self, *_args) -> None:
         from ._widget import FILE, UNTRAINED
 
         job = self.job_choice.value
         labelled, pretrain, tune = job in (PROBE, FINETUNE), job in (STAGE1, STAGE2), job == FINETUNE
-        for w in (self.use_open, self.slide_files, self.slide_folder, self.encoder, self.features, self.start_from):
-            w.visible = not pretrain
         self.labels_source.visible = labelled
         self.labels_file.visible = labelled and self.labels_source.value == TABLE
         self.labels_table.setVisible(labelled and self.labels_source.value == TYPED)
-        self.model.visible = not pretrain and self.start_from.value == FILE
-        self.seed.visible = not pretrain and self.start_from.value == UNTRAINED
+        self.model.visible = self.start_from.value == FILE
+        self.seed.visible = self.start_from.value == UNTRAINED
         for w in (self.protocol, self.folds):
             w.visible = job == PROBE or (w is self.folds and job == REGION)
         self.input.visible = job in (PROBE, FINETUNE)
-        for w in (self.epochs, self.lr, self.patience, self.min_epochs, self.batch_size, self.fold):
+        for w in (self.epochs, self.lr, self.batch_size):
+            w.visible = tune or pretrain
+        for w in (self.patience, self.min_epochs, self.fold):
             w.visible = tune
+        self.modality.visible = self.molecular.visible = job == STAGE2
         self.config.visible = pretrain or tune
         self.analyse_after.visible = not pretrain
         self.plot.setVisible(job not in (PROBE, REGION))  # a probe has no loss curve: its folds' metrics show below
@@ -267,7 +289,9 @@ class TrainWidget(QWidget):
                  else {"folds": self.folds.value} if job == REGION
                  else {"epochs": self.epochs.value, "lr": lr, "min_lr": lr, "patience": self.patience.value,
                        "min_epochs": min(self.min_epochs.value, self.epochs.value), "batch_size": self.batch_size.value,
-                       "fold": self.fold.value, "input": self.input.value})
+                       "fold": self.fold.value, "input": self.input.value} if job == FINETUNE
+                 else {"epochs": self.epochs.value, "lr": lr, "batch_size": self.batch_size.value,
+                       "modality": self.modality.value, "molecular": str(_path(self.molecular.value) or "")})
         return JobInputs(
             job=job, run_dir=_path(self.out.value), slides=self.slides(),
             labels_file=_path(self.labels_file.value) if self.labels_source.value == TABLE else None,
@@ -313,7 +337,7 @@ class TrainWidget(QWidget):
         if self.job is not None and self.job.running:
             self.status.setText("cancelling…")
             self._cancelled = True
-            self.job.cancel()
+            self.job.cancel(wait=False)  # the child unwinds in 1-2 s; poll() reports when it has
 
     def poll(self) -> None:
         """Drain the child's events (never waits on it); when the job has ended, report how."""
@@ -442,7 +466,7 @@ class TrainWidget(QWidget):
                 return True  # napari stays open
             if choice == "stop":
                 self._cancelled = True
-                self.job.cancel()
+                self.job.cancel(wait=False)  # SIGTERM: it unwinds on its own, keeping its last checkpoint
             else:
                 self.leave_running()
         return False
@@ -466,6 +490,13 @@ class TrainWidget(QWidget):
         napari.utils.notifications.show_warning(
             f"training continues in the background (pid {self.job.proc.pid}) in {self.job.run_dir}; "
             "open or resume that run folder from the Train CARE widget later")
+
+
+def _preload() -> None:
+    """Import what checking a job's inputs needs (pandas for the labels table, scikit-learn for the folds) in
+    the background when the widget opens, so pressing Start does not stall the window on first imports."""
+    import pandas  # noqa: F401
+    import sklearn.model_selection  # noqa: F401
 
 
 def run_result(run_dir: str | Path) -> tuple[Path | None, Path | None]:

@@ -124,17 +124,25 @@ class TrainingJob:
             return f"the training process was killed ({name}); resume {self.run_dir} to continue from its last checkpoint"
         return lines[-1] if lines else f"the training process exited with status {rc}"
 
-    def cancel(self, timeout: float = 10.0) -> int:
+    def cancel(self, timeout: float = 10.0, *, wait: bool = True) -> int | None:
         """Stop the job: no further command starts; the running child gets SIGTERM (it unwinds, keeping the last
-        checkpoint), then SIGKILL after ``timeout`` s. Returns the exit status."""
+        checkpoint; about 1-2 s), then SIGKILL after ``timeout`` s. Returns the exit status; with
+        ``wait=False`` returns None at once (a GUI thread must not wait) and a helper thread escalates."""
         self._cancel.set()
         proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+
+        def stop() -> None:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+        if not wait:
+            threading.Thread(target=stop, name="care-job-cancel", daemon=True).start()
+            return None
+        stop()
         return self.wait()
 
     def wait(self, timeout: float | None = None) -> int | None:
