@@ -6,7 +6,8 @@
 #
 # Logs and JSON results go to $OUT (default: a gpu-check-out folder in the temporary directory):
 # gpu_check.log (everything printed), gpu_dmon.log (nvidia-smi dmon, one line a second, with timestamps),
-# gpu_care.json, gpu_extract.json, gpu_pretrain.json and geometry_in_step/gpu_pretrain.json. Each step has
+# gpu_care.json, gpu_extract.json, gpu_pretrain.json, geometry_in_step/gpu_pretrain.json and gpu_jobs.json
+# (the Train CARE widget's jobs). ONLY="gpu_jobs pytest_gpu" runs the named steps alone. Each step has
 # its own time limit; a failing step does not stop the next one, and the script exits non-zero when any
 # step failed.
 #
@@ -22,13 +23,15 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 SMOKE=${SMOKE:-0}
+ONLY=${ONLY:-}  # space-separated step names to run (default: all)
 WHEELS=${WHEELS:-.whl}
 SUMMARY=()
 FAILED=0
 
-step() {  # step NAME LIMIT_S COMMAND...
+step() {  # step NAME LIMIT_S COMMAND...   (skipped unless $ONLY is empty or names it)
     local name=$1 limit=$2 t0 rc
     shift 2
+    if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
     echo
     echo "=== $(date -u +%H:%M:%S) $name (limit ${limit}s): $*"
     t0=$(date +%s)
@@ -78,12 +81,14 @@ if [ "$SMOKE" = 1 ]; then
     step gpu_extract 110 $PY bench/gpu_extract.py --device cpu --n 64 --batch 32
     step gpu_pretrain_geometry_in_step 45 env OUT="$OUT/geometry_in_step" \
         $PY bench/gpu_pretrain.py --device cpu --batches 1 --steps 1 --patches 60 --geometry-in-step
+    step gpu_jobs 240 $PY bench/gpu_jobs.py --smoke
 else
     step gpu_care 75 $PY bench/gpu_care.py --sizes 10000 100000 --repeats 3
     step gpu_pretrain 110 $PY bench/gpu_pretrain.py --batches 32 64 128 --steps 10
     step gpu_extract 110 $PY bench/gpu_extract.py --device cuda --n 4096 --batch 128
     step gpu_pretrain_geometry_in_step 45 env OUT="$OUT/geometry_in_step" \
         $PY bench/gpu_pretrain.py --batches 64 --steps 5 --geometry-in-step
+    step gpu_jobs 240 $PY bench/gpu_jobs.py
 fi
 
 kill "$DMON" 2>/dev/null
