@@ -34,8 +34,8 @@ def run_all(cfg, run_dir, **kw) -> list:
     return list(train(cfg, run_dir, **kw))
 
 
-def cli(*args, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "care_core.cli", *map(str, args)], env=ENV, capture_output=True, text=True, **kw)
+def cli(*args, env=ENV, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "care_core.cli", *map(str, args)], env=env, capture_output=True, text=True, **kw)
 
 
 def weights(path: Path) -> dict:
@@ -193,17 +193,23 @@ def write_config(path: Path, cfg: dict) -> Path:
     return path
 
 
+def stopped_at_checkpoint(conf: Path, run_dir: Path, sig: int) -> subprocess.Popen:
+    """A Stage I run of ``conf`` in a child process, sent ``sig`` once its first checkpoint is on disk."""
+    child = subprocess.Popen([sys.executable, "-m", "care_core.cli", "pretrain", "--stage", "1", "--config", str(conf),
+                              "--out", str(run_dir)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while latest_checkpoint(run_dir) is None and time.time() < deadline and child.poll() is None:
+        time.sleep(0.02)
+    child.send_signal(sig)
+    child.wait()
+    return child
+
+
 def test_sigkilled_run_resumes_to_bit_identical_weights(cohort, tmp_path):
     conf = write_config(tmp_path / "c.json", tiny_stage1(cohort, epochs=3, checkpoint_every=3, keep_checkpoints=5))
     ref = cli("pretrain", "--stage", "1", "--config", conf, "--out", tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr
-    child = subprocess.Popen([sys.executable, "-m", "care_core.cli", "pretrain", "--stage", "1", "--config", str(conf),
-                              "--out", str(tmp_path / "run")], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while latest_checkpoint(tmp_path / "run") is None and time.time() < deadline and child.poll() is None:
-        time.sleep(0.02)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    child = stopped_at_checkpoint(conf, tmp_path / "run", signal.SIGKILL)
     assert child.returncode == -signal.SIGKILL
     killed_at = torch.load(latest_checkpoint(tmp_path / "run"), weights_only=True)["step"]
     assert not (tmp_path / "run" / "care.safetensors").exists()
@@ -216,6 +222,33 @@ def test_sigkilled_run_resumes_to_bit_identical_weights(cohort, tmp_path):
         assert torch.equal(a[k], b[k]), k
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, total + 1))  # lines logged after the checkpoint and before the kill are dropped
+
+
+def test_a_run_moved_to_another_machine_resumes_with_its_new_paths(cohort, tmp_path):
+    """A run started in one place (the napari window) and continued elsewhere (a cluster): the run folder and the
+    features moved, the config names their new paths; it ends with the weights of a run never stopped."""
+    import shutil
+
+    conf = write_config(tmp_path / "c.json", tiny_stage1(cohort, epochs=2, checkpoint_every=2))
+    ref = cli("pretrain", "--stage", "1", "--config", conf, "--out", tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr
+    assert stopped_at_checkpoint(conf, tmp_path / "here", signal.SIGTERM).returncode == 143
+    shutil.copytree(cohort, tmp_path / "cluster" / "features")
+    shutil.move(tmp_path / "here", tmp_path / "cluster" / "run")
+    moved = write_config(tmp_path / "cluster" / "c.json", tiny_stage1(tmp_path / "cluster" / "features", epochs=2,
+                                                                      checkpoint_every=2, device="cpu"))
+    res = cli("pretrain", "--stage", "1", "--resume", tmp_path / "cluster" / "run", "--config", moved,
+              env={**ENV, "PYTHONWARNINGS": "default"})
+    assert res.returncode == 0, res.stderr
+    assert f"warning: resuming {tmp_path / 'cluster' / 'run'} with new device, features" in res.stderr
+    record = json.loads((tmp_path / "cluster" / "run" / "config.json").read_text())
+    assert record["config"]["features"] == str(tmp_path / "cluster" / "features")  # a later resume uses them too
+    a, b = weights(tmp_path / "ref" / "care.safetensors"), weights(tmp_path / "cluster" / "run" / "care.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    other = write_config(tmp_path / "other.json", tiny_stage1(tmp_path / "cluster" / "features", epochs=3))
+    res = cli("pretrain", "--stage", "1", "--resume", tmp_path / "cluster" / "run", "--config", other)
+    assert res.returncode == 2 and "differs in ['epochs']" in res.stderr  # what is trained cannot change
 
 
 def test_two_gloo_processes_match_one(cohort, tmp_path):

@@ -207,6 +207,12 @@ class SubWSIIndex:
 
 
 # -- building -----------------------------------------------------------------------------------------
+def _moved(old: SubWSIIndex, files: list[Path]) -> bool:
+    """``files`` are the old index's feature files moved elsewhere: same names, in order, of the same sizes."""
+    return ([p.name for p in old.slide_paths] == [p.name for p in files]
+            and all(p.is_file() and p.stat().st_size == int(n) for p, n in zip(files, old.slide_size)))
+
+
 def build_subwsi_index(
     feature_files: Sequence[str | os.PathLike],
     out: str | os.PathLike,
@@ -232,13 +238,15 @@ def build_subwsi_index(
     if dup is not None:
         raise TrainingConfigError(f"{dup} is listed twice for sub-WSI index {out}; list each feature file once")
     if out.exists() and not overwrite:
-        old = SubWSIIndex.load(out)
-        if old.slide_paths != files or old.params != params:
+        old = SubWSIIndex.load(out, check_files=False)
+        if old.slide_paths == files and old.params == params:
+            return SubWSIIndex.load(out)  # the same files: refused if one changed since
+        if not _moved(old, files) or old.params != params:
             raise TrainingConfigError(
                 f"{out} exists and was built from other feature files or parameters; pass overwrite=True to "
                 "rebuild it or choose another index path"
             )
-        return old
+        # the same files at a new place (a run continued on another machine): cut again, to the same sub-WSIs
 
     first, slides, subwsi, rows = None, [], [], []  # per slide: table row; per sub-WSI: (slide, extent)
     for s, path in enumerate(files):

@@ -5,7 +5,8 @@ widget consume the same events) and returns the path of the final CARE checkpoin
 the data and the objective (``stages.py``); everything else is shared.
 
 The run folder holds
-    config.json         the resolved config and the package version (a resume must match it)
+    config.json         the resolved config and the package version (a resume must match it, except where
+                        the data and the machine are: RELOCATABLE)
     metrics.jsonl       one JSON object per logged step (and TensorBoard events when installed)
     checkpoints/        step_XXXXXXXX.pt training states (model, optimiser, EMA, centres, RNG, step),
                         written atomically every ``checkpoint_every`` steps and at the end
@@ -26,6 +27,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -190,7 +192,14 @@ def _config_record(cfg, stage: str) -> dict:
     return {"stage": stage, "config": asdict(cfg), "package_version": __version__}
 
 
-def _check_run_dir(run_dir: Path, record: dict, resume: bool) -> None:
+# where the data and the machine are, not what is trained: a run may be resumed elsewhere (a job started in the
+# napari window continued on a cluster) with these changed; the others must equal the run's own config
+RELOCATABLE = ("labels", "features", "splits", "init", "index", "table", "rna", "protein", "genes", "gene_vectors",
+               "protein_vectors", "device", "num_workers")
+
+
+def _check_run_dir(run_dir: Path, record: dict, resume: bool) -> list[str]:
+    """Refuse a run folder that does not fit; on resume, return the RELOCATABLE keys given new values."""
     cfg_path = run_dir / "config.json"
     if resume:
         if not cfg_path.is_file():
@@ -202,13 +211,19 @@ def _check_run_dir(run_dir: Path, record: dict, resume: bool) -> None:
         if old.get("stage") != record["stage"]:
             raise TrainingConfigError(f"{run_dir} is a Stage {old.get('stage')} run, not Stage {record['stage']}; resume it with --stage {old.get('stage')}")
         diff = sorted(k for k in set(old["config"]) | set(record["config"]) if old["config"].get(k) != record["config"].get(k))
-        if diff:
+        fixed = [k for k in diff if k not in RELOCATABLE]
+        if fixed:
             raise TrainingConfigError(
-                f"{run_dir} was started with another config (differs in {diff}); resume it with its own config.json "
+                f"{run_dir} was started with another config (differs in {fixed}); resume it with its own config.json "
                 "or start a new run folder"
             )
+        if diff:
+            warnings.warn(f"resuming {run_dir} with new {', '.join(diff)} (data moved or another machine); the "
+                          "run's config.json now records them", stacklevel=3)
+        return diff
     elif cfg_path.exists() or latest_checkpoint(run_dir) is not None:
         raise TrainingConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another folder")
+    return []
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -234,7 +249,7 @@ def train(cfg, run_dir: str | Path, *, stage: str | None = None, resume: bool = 
     device = _device(cfg.device)
     record = _config_record(cfg, stage)
     check_output_dir(run_dir)
-    _check_run_dir(run_dir, record, resume)
+    moved = _check_run_dir(run_dir, record, resume)
     torch.manual_seed(cfg.seed)  # heads and encoders built by the stage: the same init on every process and run
     setup = build_stage(stage, cfg, run_dir)  # data, objective (model inside), export metadata
     n_samples = setup.n_samples
@@ -262,7 +277,7 @@ def train(cfg, run_dir: str | Path, *, stage: str | None = None, resume: bool = 
         if torch.cuda.is_available() and state.get("cuda_rng"):
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         start = int(state["step"])
-    if rank == 0 and not resume:
+    if rank == 0 and (not resume or moved):
         with atomic_path(run_dir / "config.json") as tmp:
             tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
     metrics_path = run_dir / "metrics.jsonl"
@@ -383,7 +398,8 @@ def _tensorboard(run_dir: Path):
 def pretrain(run_dir: str | Path, *, stage: str | None = None, config: str | Path | None = None,
              resume: bool = False) -> Iterator[TrainEvent]:
     """``care pretrain``: start ``run_dir`` from a config file, or resume it (from its own config.json when
-    ``config`` is None; a given config must equal it). Yields the events of ``train``."""
+    ``config`` is None; a given config must equal it, except its RELOCATABLE keys: the data's paths and the
+    device, for a run continued on another machine). Yields the events of ``train``."""
     from care_core.train.config import config_from_dict, load_config
 
     run_dir = Path(run_dir)
