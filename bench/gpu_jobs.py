@@ -10,7 +10,6 @@ its final head, a Stage I run, and the time of one fine-tuning epoch of the rele
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -21,21 +20,6 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-
-def cohort(root: Path, n_per_class: int, n_side: int, dim: int):
-    """Two classes of feature grids (train_cohort's compartments, a class shift on one feature), a labels table."""
-    from train_cohort import write_feature_cohort
-
-    rows = []
-    for cls, seed in (("tumour", 1), ("normal", 2)):
-        for f in write_feature_cohort(root / cls, n_per_class, seed=seed, n_side=n_side, dim=dim):
-            dest = root / "features" / f"{cls}_{f.stem}.h5"
-            dest.parent.mkdir(exist_ok=True)
-            f.rename(dest)
-            rows.append((dest.stem, cls))
-    with open(root / "labels.csv", "w", newline="") as fh:
-        csv.writer(fh).writerows([("slide", "label"), *rows])
 
 
 def run(commands, run_dir, cut_after_checkpoint=False):
@@ -70,13 +54,13 @@ def main() -> None:
     import torch
 
     from care_core.model import CARE, save_checkpoint
-    from train_cohort import TINY_MODEL
+    from train_cohort import TINY_MODEL, write_labelled_cohort
 
     device = "cpu" if args.smoke else "auto"
     out = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() and not args.smoke else "cpu"}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        cohort(root / "tiny", 5, 8, 8)
+        write_labelled_cohort(root / "tiny", 5, n_side=8, dim=8)
         ckpt = save_checkpoint(CARE.from_seed(0, input_dim=8, **TINY_MODEL), root / "tiny" / "care0",
                                encoder="stain-texture", feature_mpp=0.5, patch_px=256)
         ft = {"labels": str(root / "tiny" / "labels.csv"), "features": str(root / "tiny" / "features"), "init": str(ckpt),
@@ -104,7 +88,7 @@ def main() -> None:
         out["stage1_loss_first_last"] = [losses[0], losses[-1]]
         # one epoch of the released-size CARE (768-d, the paper's fine-tune) on 10 slides of --patches patches
         n_side = int(np.sqrt((40 if args.smoke else args.patches) / 0.7))
-        cohort(root / "big", 5, n_side, 768 if not args.smoke else 32)
+        write_labelled_cohort(root / "big", 5, n_side=n_side, dim=768 if not args.smoke else 32)
         big = dict(ft, features=str(root / "big" / "features"), labels=str(root / "big" / "labels.csv"), init="",
                    epochs=1, min_epochs=1, patience=1, lr=2e-5, min_lr=2e-5, checkpoint_every=1000)
         (root / "big.json").write_text(json.dumps(big))

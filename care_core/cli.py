@@ -207,17 +207,27 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from care_core.train.trainer import pretrain
+    from care_core.train.trainer import Stopped
 
     run_dir = args.resume or args.out
     if run_dir is None:
         print(f"care {args.command}: error: give --out RUN_DIR for a new run or --resume RUN_DIR", file=sys.stderr)
         return 2
+    try:
+        _show_training(args, run_dir)
+    except Stopped:
+        raise _Terminated() from None  # SIGTERM, taken between two steps
+    return 0
+
+
+def _show_training(args: argparse.Namespace, run_dir: Path) -> None:
+    """Run ``care pretrain|finetune``, showing its events as a bar (or JSON lines with --events-json)."""
+    from tqdm import tqdm
+
+    from care_core.train.trainer import pretrain
+
     bar = None
     for ev in pretrain(run_dir, stage=args.stage, config=args.config, resume=args.resume is not None):
-        _check_terminated()  # a SIGTERM whose raise was lost stops the run at the next event (every logged step)
         if args.events_json:  # after a closed pipe training goes on: metrics.jsonl keeps the record
             _print_event(ev)
         elif ev.kind == "start":
@@ -234,7 +244,6 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         elif ev.kind == "end":
             bar.close()
             print(f"CARE checkpoint: {ev.path}")
-    return 0
 
 
 def _care_model(args: argparse.Namespace, command: str):
@@ -497,20 +506,19 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM (a batch system's time limit, `kill`), unwound like Ctrl-C so that temp files are removed."""
 
 
-def _check_terminated() -> None:
-    """Raise _Terminated when a SIGTERM came but its raise was swallowed (e.g. inside a finaliser)."""
-    if _TERMINATED.is_set():
-        raise _Terminated()
-
-
-_TERMINATED = threading.Event()  # set by SIGTERM; long loops check it too, as a raise from the handler can be lost
-
-
 @contextmanager
-def _sigterm_unwinds():
+def _sigterm_unwinds(between_steps: bool = False):
+    """SIGTERM raises _Terminated where the program is; with ``between_steps`` (training) it only asks the trainer
+    to stop before its next step: an exception raised inside a step can land in C-extension code (h5py, torch)
+    that cannot unwind from it (a SystemError, or a swallowed raise and a run that goes on)."""
+    if between_steps:
+        from care_core.train.trainer import STOP
+
     def handler(signum, frame):
-        _TERMINATED.set()
-        raise _Terminated()  # Python drops it when it lands in a __del__ or a weakref callback: see _check_terminated
+        if between_steps:
+            STOP.set()
+            return
+        raise _Terminated()
 
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -526,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the `care` command; exit status 0 (all went well), 1 (some slides failed), 2 (an error stopped it),
     130 / 143 (Ctrl-C / SIGTERM: temp files are removed, finished outputs kept)."""
     args = build_parser().parse_args(argv)
-    with _plain_messages(args.command), _sigterm_unwinds():
+    with _plain_messages(args.command), _sigterm_unwinds(between_steps=args.command in ("pretrain", "finetune")):
         try:
             return args.func(args)
         except CareError as exc:

@@ -21,8 +21,7 @@ from care_core.errors import InvalidInputError
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".svslide", ".mrxs", ".vms", ".vmu")
 PROBE, REGION, FINETUNE, STAGE1, STAGE2 = "linear probe", "region classifier", "fine-tune", "pretrain Stage I", "pretrain Stage II"
 JOBS = (PROBE, REGION, FINETUNE, STAGE1, STAGE2)
-# care_kind of the Shapes layers the CARE widget draws itself: never annotations
-_OWN_SHAPES = ("roi", "highlight", "outlines")
+STAGE_OF = {FINETUNE: "finetune", STAGE1: "1", STAGE2: "2"}  # the trainer's stage of each training job
 
 
 @dataclass
@@ -93,52 +92,20 @@ def slide_files(folder: Path | None, files=()) -> dict[str, Path]:
     return out
 
 
-def grid_of(model: Path | None, encoder: str) -> tuple[float, int]:
-    """(µm/px, patch px) features must have: the checkpoint's, else what the encoder expects."""
-    from care_core.features import get_encoder_spec
-
-    spec = get_encoder_spec(encoder)
-    if model is None:
-        return spec.mpp, spec.patch_px
-    from care_core.model.checkpoint import read_checkpoint_meta
-
-    meta = read_checkpoint_meta(model)
-    return meta.feature_mpp or spec.mpp, meta.patch_px or spec.patch_px
-
-
-def check_encoder(model: Path | None, encoder: str, mpp: float, patch_px: int, files=()) -> None:
-    """The library's FeatureMismatchError when the feature ``files`` there already (their headers only) or,
-    without files, features of ``encoder`` to be extracted cannot go into the checkpoint."""
-    if model is None:
-        return
-    from care_core.features import get_encoder_spec
-    from care_core.features.importers import FeatureHeader, read_feature_header
-    from care_core.model.checkpoint import check_features, read_checkpoint_meta
-
-    meta = read_checkpoint_meta(model)
-    spec = get_encoder_spec(encoder)
-    headers = [read_feature_header(f) for f in files] or [FeatureHeader("features to extract", 0, spec.dim, spec.name,
-                                                                          mpp, patch_px)]
-    for header in headers:
-        check_features(meta, header)
-
-
 def cached_features(slide: Path, encoder: str, mpp: float, patch_px: int) -> Path | None:
     """A feature file the CARE widget already made for ``slide`` with this encoder and grid, or None."""
-    import h5py
-
+    from care_core.errors import CareError
+    from care_core.features.importers import read_feature_header
     from care_core.pipeline import ResultCache
 
     folder = ResultCache.default().slide_dir(slide)
     for path in sorted(folder.glob("features-*.h5")) if folder.is_dir() else ():
         try:
-            with h5py.File(path, "r") as f:
-                a = f.attrs
-                if (str(a.get("encoder", "")) == encoder and abs(float(a.get("mpp", -1)) - mpp) <= 1e-6
-                        and int(a.get("patch_px", -1)) == patch_px):
-                    return path
-        except (OSError, TypeError, ValueError):
+            h = read_feature_header(path)
+        except CareError:
             continue
+        if h.encoder == encoder and h.mpp is not None and abs(h.mpp - mpp) <= 1e-6 and h.patch_px == patch_px:
+            return path
     return None
 
 
@@ -168,9 +135,9 @@ def annotations_geojson(annotations) -> str:
 
 def _read_table(text: str, *, slides_only: bool):
     """read_labels on a table held in memory (checked before anything is written)."""
-    from care_core.evaluate.labels import read_labels
-
     import dataclasses
+
+    from care_core.evaluate.labels import read_labels
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "labels.csv"
@@ -198,21 +165,22 @@ def plan_job(inputs: JobInputs, *, resume: bool = False) -> JobPlan:
             raise InvalidInputError(f"a {job} has no checkpoint to resume; press Start to run it again")
         if not (run / "config.json").is_file():
             raise InvalidInputError(f"{run} holds no run to resume (no config.json); choose its run folder")
-        stage = {FINETUNE: None, STAGE1: "1", STAGE2: "2"}[job]
-        plan.commands = [train_command("finetune" if job == FINETUNE else "pretrain", config=None, run_dir=run,
-                                       stage=stage, resume=True)]
+        plan.commands = [train_command(_command(job), config=None, run_dir=run, stage=STAGE_OF[job], resume=True)]
         return plan
     if (run / "config.json").exists() or (run / "results.json").exists():
         raise InvalidInputError(f"{run} already holds a run; choose a new run folder (or Resume this one)")
-    command, stage = {FINETUNE: ("finetune", None), STAGE1: ("pretrain", "1"), STAGE2: ("pretrain", "2")}.get(job, ("", None))
-    if inputs.config_file is not None and command:  # a config written elsewhere replaces the form
+    if inputs.config_file is not None and job in STAGE_OF:  # a config written elsewhere replaces the form
         if not inputs.config_file.is_file():
             raise InvalidInputError(f"config file {inputs.config_file} does not exist")
-        plan.commands = [train_command(command, config=inputs.config_file, run_dir=run, stage=stage)]
+        plan.commands = [train_command(_command(job), config=inputs.config_file, run_dir=run, stage=STAGE_OF[job])]
         return plan
     if job in (STAGE1, STAGE2):
-        return _plan_pretrain(plan, inputs, stage)
+        return _plan_pretrain(plan, inputs, STAGE_OF[job])
     return _plan_labelled(plan, inputs)
+
+
+def _command(job: str) -> str:
+    return "finetune" if job == FINETUNE else "pretrain"
 
 
 def _plan_labelled(plan: JobPlan, inputs: JobInputs) -> JobPlan:
@@ -220,6 +188,7 @@ def _plan_labelled(plan: JobPlan, inputs: JobInputs) -> JobPlan:
     import json
 
     from care_core.evaluate.labels import read_labels
+    from care_core.evaluate.run import check_task
     from care_core.evaluate.splits import make_splits
     from care_core.train.config import config_from_dict
     from care_core.train.jobs import train_command
@@ -243,10 +212,10 @@ def _plan_labelled(plan: JobPlan, inputs: JobInputs) -> JobPlan:
         table = _read_table(text, slides_only=False)
     plan.files["labels.csv"] = text
     n_folds = int(inputs.hyper.get("folds", 5))
-    if not region:
-        make_splits(table, n_folds=n_folds)  # too few patients (or one class) for the folds: the library says so
-    if job == PROBE and inputs.hyper.get("protocol") == "survival" and table.kind != "survival":
-        raise InvalidInputError("a survival probe needs labels with time and event")
+    if job == PROBE:
+        check_task(table, inputs.hyper.get("protocol", "lr"))
+    # too few patients (or one class) for the folds: the library says so; a fine-tune trains on one of these
+    folds = None if region else make_splits(table, n_folds=n_folds, seed=inputs.seed)
     features = _plan_features(plan, inputs, table.slides.tolist())
     model_args = ["--model", str(inputs.model)] if inputs.model is not None else ["--untrained", str(inputs.seed)]
     labels = str(run / "labels.csv")
@@ -258,7 +227,6 @@ def _plan_labelled(plan: JobPlan, inputs: JobInputs) -> JobPlan:
         plan.commands.append(cmd)
         return plan
     hyper = {k: v for k, v in inputs.hyper.items() if k not in ("folds", "protocol")}
-    folds = make_splits(table, seed=inputs.seed)  # the trainer's own splits
     if int(hyper.get("fold", 0)) >= len(folds):
         raise InvalidInputError(f"fold {hyper['fold']} does not exist: the splits have folds 0..{len(folds) - 1}")
     per_epoch = max(1, len(folds[int(hyper.get("fold", 0))].train) // int(hyper.get("batch_size", 1)))
@@ -312,8 +280,16 @@ def _plan_pretrain(plan: JobPlan, inputs: JobInputs, stage: str) -> JobPlan:
 
 def _plan_features(plan: JobPlan, inputs: JobInputs, names: list[str]) -> Path:
     """Where the features of ``names`` are: in the features folder, linked from the CARE widget's cache, or
-    extracted first (a ``care extract`` command); checked against the checkpoint. Returns the folder."""
-    mpp, patch_px = grid_of(inputs.model, inputs.encoder)
+    extracted first (a ``care extract`` command) on the checkpoint's grid; all checked against the checkpoint
+    (existing files by their headers). Returns the folder."""
+    from care_core.features import get_encoder_spec
+    from care_core.features.importers import FeatureHeader, read_feature_header
+    from care_core.model.checkpoint import check_features, read_checkpoint_meta
+
+    spec = get_encoder_spec(inputs.encoder)
+    meta = None if inputs.model is None else read_checkpoint_meta(inputs.model)
+    mpp = (meta and meta.feature_mpp) or spec.mpp  # the checkpoint's grid, else what the encoder expects
+    patch_px = (meta and meta.patch_px) or spec.patch_px
     features = inputs.features_dir or default_features_dir(inputs.encoder, mpp, patch_px)
     missing, present = [], []
     for s in names:
@@ -333,10 +309,13 @@ def _plan_features(plan: JobPlan, inputs: JobInputs, names: list[str]) -> Path:
         shown = ", ".join(missing[:10]) + (f" … ({len(missing)} in all)" if len(missing) > 10 else "")
         raise InvalidInputError(f"slide(s) {shown} have no features in {features} and no slide file: open them, add "
                                 "them under 'slide files' or 'slide folder', or drop their labels")
-    if present or plan.link:
-        check_encoder(inputs.model, inputs.encoder, mpp, patch_px, present + list(plan.link))
+    if meta is not None:
+        headers = [read_feature_header(f) for f in present + list(plan.link)]
+        if plan.extract:
+            headers.append(FeatureHeader("features to extract", 0, spec.dim, spec.name, mpp, patch_px))
+        for header in headers:
+            check_features(meta, header)
     if plan.extract:
-        check_encoder(inputs.model, inputs.encoder, mpp, patch_px)
         plan.commands.append(["extract", *map(str, plan.extract), "--out", str(features), "--encoder", inputs.encoder,
                               "--target-mpp", f"{mpp:g}", "--patch-px", str(patch_px), "--events-json"])
     plan.record["features"] = str(features)
@@ -358,17 +337,15 @@ def annotations_from_layers(layers, slides: dict[str, object]) -> dict[str, list
 
     out: dict[str, list] = {}
     for layer in layers:
-        if layer._type_string != "shapes" or layer.metadata.get("care_kind") in _OWN_SHAPES or not len(layer.data):
-            continue
-        if layer.metadata.get("care_kind") not in (None, "annotations"):
-            continue
+        if layer._type_string != "shapes" or not len(layer.data) or layer.metadata.get("care_kind") not in (None, "annotations"):
+            continue  # the CARE widget's own outlines (ROI, highlight) are not annotations
         source = layer.metadata.get("care_source")
         if source not in slides:
             if len(slides) != 1:
                 raise InvalidInputError(f"annotation layer {layer.name!r}: which slide is it on? Keep one slide open, "
                                         "or import the annotations with the CARE widget over their slide")
             source = next(iter(slides))
-        image, name = slides[source], source
+        image = slides[source]
         classes = layer.features["class"].tolist() if "class" in layer.features else [""] * len(layer.data)
         for ring, shape_type, cls in zip(layer.data, layer.shape_type, classes):
             if shape_type not in ("polygon", "rectangle", "ellipse") or len(ring) < 3:
@@ -376,5 +353,5 @@ def annotations_from_layers(layers, slides: dict[str, object]) -> dict[str, list
             level0 = np.asarray([image.world_to_data(layer.data_to_world(p))[-2:] for p in ring])  # (row, col) px
             geom = polygonal(Polygon(level0[:, ::-1] + 0.5))  # pixel centres -> corners (x, y), as the files hold
             if geom is not None:
-                out.setdefault(name, []).append(Annotation(geom, classification=str(cls) or layer_class(layer.name)))
+                out.setdefault(source, []).append(Annotation(geom, classification=str(cls) or layer_class(layer.name)))
     return out

@@ -37,6 +37,7 @@ from ._train_inputs import (
     REGION,
     STAGE1,
     STAGE2,
+    STAGE_OF,
     JobInputs,
     annotations_from_layers,
     plan_job,
@@ -44,7 +45,7 @@ from ._train_inputs import (
 )
 
 TYPED, TABLE = "typed below", "table file"
-_STAGE_JOB = {"finetune": FINETUNE, "1": STAGE1, "2": STAGE2}
+_STAGE_JOB = {stage: job for job, stage in STAGE_OF.items()}
 
 POLL_MS = 200  # how often the Qt thread drains the child's events
 
@@ -123,11 +124,11 @@ class TrainWidget(QWidget):
         self.input = ComboBox(label="input", choices=["slide", "roi"], value="slide",
                               tooltip="slide embedding or ROI feature")
         self.folds = SpinBox(label="folds", value=5, min=3, max=20, tooltip="cross-validation folds (by patient)")
-        self.epochs = SpinBox(label="epochs", value=200, min=1, max=100000)
-        self.lr = LineEdit(label="learning rate", value="2e-5")
-        self.patience = SpinBox(label="patience", value=15, min=1, max=10000, tooltip="epochs without a better validation loss")
-        self.min_epochs = SpinBox(label="min epochs", value=20, min=0, max=100000)
-        self.batch_size = SpinBox(label="batch size", value=1, min=1, max=1024)
+        self.epochs = SpinBox(label="epochs", min=1, max=100000)  # values: the job's defaults (_set_defaults)
+        self.lr = LineEdit(label="learning rate")
+        self.patience = SpinBox(label="patience", min=1, max=10000, tooltip="epochs without a better validation loss")
+        self.min_epochs = SpinBox(label="min epochs", min=0, max=100000)
+        self.batch_size = SpinBox(label="batch size", min=1, max=1024)
         self.fold = SpinBox(label="fold", value=0, min=0, max=19, tooltip="which fold of the splits to train on")
         self.modality = ComboBox(label="modality", choices=["rna", "protein"], value="rna",
                                  tooltip="Stage II aligns slides to RNA (first) or protein (from the RNA run)")
@@ -184,6 +185,7 @@ class TrainWidget(QWidget):
         self.resume_button.clicked.connect(lambda: self.start(resume=True))
         self.cancel_button.clicked.connect(self.cancel)
         self.open_button.clicked.connect(self._ask_open)
+        self._set_defaults()
         self.job_choice.changed.connect(self._set_defaults)
         for w in (self.job_choice, self.labels_source, self.start_from):
             w.changed.connect(self._update_fields)
@@ -200,13 +202,17 @@ class TrainWidget(QWidget):
 
     # --- form ------------------------------------------------------------------------------------------------
     def _set_defaults(self, *_args) -> None:
-        """The paper's epochs, learning rate and batch size of the chosen job (CARE_METHOD.md; config.py)."""
+        """The paper's epochs, learning rate, batch size (and fine-tuning's early stopping) of the chosen job:
+        the defaults of its config (care_core.train.config)."""
         from care_core.train.config import STAGES
 
-        stage = {FINETUNE: "finetune", STAGE1: "1", STAGE2: "2"}.get(self.job_choice.value)
-        if stage is not None:
-            cfg = STAGES[stage]()
-            self.epochs.value, self.lr.value, self.batch_size.value = cfg.epochs, f"{cfg.lr:g}", cfg.batch_size
+        stage = STAGE_OF.get(self.job_choice.value)
+        if stage is None:
+            return
+        cfg = STAGES[stage]()
+        self.epochs.value, self.lr.value, self.batch_size.value = cfg.epochs, f"{cfg.lr:g}", cfg.batch_size
+        if stage == "finetune":
+            self.patience.value, self.min_epochs.value = cfg.patience, cfg.min_epochs
 
     def _update_fields(self, *_args) -> None:
         from ._widget import FILE, UNTRAINED
@@ -307,7 +313,7 @@ class TrainWidget(QWidget):
         import time
 
         from care_core.errors import CareError
-        from care_core.train.jobs import start_commands
+        from care_core.train.jobs import TrainingJob, start_commands
 
         if self.job is not None and self.job.running:
             return self._fail("a job is running; cancel it first")
@@ -324,7 +330,9 @@ class TrainWidget(QWidget):
         self.progress_label.setText("")
         what = (f"extracting features of {len(plan.extract)} slide(s), then " if plan.extract else "")
         self.status.setText(("resuming " if resume else f"starting {what}{plan.job} in ") + str(plan.run_dir))
-        self.job = start_commands(plan.commands, plan.run_dir, job=plan.job, record=plan.record)
+        # a resume keeps the job.json of the run's start: it says how the run was made
+        self.job = (TrainingJob(plan.commands, plan.run_dir) if resume
+                    else start_commands(plan.commands, plan.run_dir, job=plan.job, record=plan.record))
         self._cancelled = False
         self._started_at = time.monotonic()
         self._set_running(True)

@@ -21,10 +21,8 @@ def cancel_jobs(monkeypatch):
     """Cancel any job a test left running (holding no widget, so napari's leak check stays quiet)."""
     import care_core.train.jobs as jobs
 
-    started = []
-    for name in ("start_job", "start_commands"):
-        real = getattr(jobs, name)
-        monkeypatch.setattr(jobs, name, lambda *a, _real=real, **kw: started.append(_real(*a, **kw)) or started[-1])
+    started, real = [], jobs.start_commands
+    monkeypatch.setattr(jobs, "start_commands", lambda *a, **kw: started.append(real(*a, **kw)) or started[-1])
     yield
     for job in started:
         job.cancel()

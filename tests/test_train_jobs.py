@@ -3,7 +3,6 @@ SIGKILL leave a run that resumes to the end."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -11,8 +10,8 @@ import time
 
 import pytest
 
-from care_core.train.jobs import start_job
-from train_cohort import TINY_MODEL, write_feature_cohort
+from care_core.train.jobs import start_commands, train_command
+from train_cohort import TINY_MODEL, write_labelled_cohort
 
 TIMEOUT = 120.0
 
@@ -21,20 +20,17 @@ TIMEOUT = 120.0
 def cohort(tmp_path_factory):
     """Two classes x 5 slides (the 5 folds need 5 per class) of small feature grids, a labels table and a config file (json)."""
     root = tmp_path_factory.mktemp("jobs")
-    rows = []
-    for cls, seed in (("tumour", 1), ("normal", 2)):
-        for f in write_feature_cohort(root / cls, 5, seed=seed, n_side=8):
-            dest = root / "features" / f"{cls}_{f.stem}.h5"
-            dest.parent.mkdir(exist_ok=True)
-            f.rename(dest)
-            rows.append((dest.stem, cls))
-    with open(root / "labels.csv", "w", newline="") as fh:
-        csv.writer(fh).writerows([("slide", "label"), *rows])
+    write_labelled_cohort(root, 5)
     cfg = {"labels": str(root / "labels.csv"), "features": str(root / "features"), "model": dict(TINY_MODEL),
            "epochs": 3, "min_epochs": 3, "patience": 3, "lr": 1e-3, "min_lr": 1e-3, "batch_size": 1,
            "log_every": 1, "checkpoint_every": 1}
     (root / "finetune.json").write_text(json.dumps(cfg))
     return root
+
+
+def start_job(command: str, *, run_dir, config=None, resume=False):
+    """``care <command>`` in a child process, as the Train widget starts it."""
+    return start_commands([train_command(command, config=config, run_dir=run_dir, resume=resume)], run_dir)
 
 
 def collect(job, until=None, timeout=TIMEOUT):

@@ -40,6 +40,23 @@ def write_feature_cohort(folder: Path, n_slides: int = 4, *, n_side: int = 18, d
     return [Path(f) for f in files]
 
 
+def write_labelled_cohort(root: Path, n_per_class: int = 5, *, n_side: int = 8, dim: int = 8) -> Path:
+    """Two classes ('tumour', 'normal') of ``n_per_class`` feature grids each in ``root/features`` (named
+    <class>_slide<i>.h5) and their labels table; returns ``root/labels.csv``."""
+    import csv
+
+    rows = []
+    for cls, seed in (("tumour", 1), ("normal", 2)):
+        for f in write_feature_cohort(root / cls, n_per_class, seed=seed, n_side=n_side, dim=dim):
+            dest = root / "features" / f"{cls}_{f.stem}.h5"
+            dest.parent.mkdir(exist_ok=True)
+            f.rename(dest)
+            rows.append((dest.stem, cls))
+    with open(root / "labels.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([("slide", "label"), *rows])
+    return root / "labels.csv"
+
+
 def tiny_stage1(features: Path, **overrides) -> dict:
     """A Stage I config small enough for a few steps a second."""
     return {

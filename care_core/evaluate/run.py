@@ -172,6 +172,14 @@ def _finetune_folds(cohort, folds: list[Fold], model, *, labels, input: str, out
                          len(fold.val), len(fold.test), head, list(fold.test), scores)
 
 
+def check_task(table: LabelTable, protocol: str) -> None:
+    """A survival table exactly when the protocol is "survival" (InvalidInputError naming the table otherwise)."""
+    if protocol == "survival" and table.kind != "survival":
+        raise InvalidInputError(f"labels table {table.source!r} has no 'time'/'event' columns; protocol 'survival' needs them")
+    if protocol != "survival" and table.kind == "survival":
+        raise InvalidInputError(f"labels table {table.source!r} is a survival table; use --protocol survival")
+
+
 def check_evaluate_inputs(labels: str | os.PathLike, features: Sequence[str | os.PathLike], *, protocol: str,
                           n_folds: int = 5, val: bool = True,
                           annotations: str | os.PathLike | Mapping[str, Sequence] | None = None, model=None,
@@ -201,10 +209,7 @@ def check_evaluate_inputs(labels: str | os.PathLike, features: Sequence[str | os
     if region_task and protocol not in REGION_PROTOCOLS:
         raise InvalidInputError(f"a region classifier from annotations uses protocol 'lr' or 'knn', not {protocol!r}")
     table = read_labels(labels, slides_only=region_task)
-    if protocol == "survival" and table.kind != "survival":
-        raise InvalidInputError(f"labels table {str(labels)!r} has no 'time'/'event' columns; protocol 'survival' needs them")
-    if protocol != "survival" and table.kind == "survival":
-        raise InvalidInputError(f"labels table {str(labels)!r} is a survival table; use --protocol survival")
+    check_task(table, protocol)
     folds = load_splits(splits, table) if splits is not None else None
     if folds is None and not region_task:
         folds = make_splits(table, n_folds=n_folds, val=val, seed=seed)

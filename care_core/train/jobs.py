@@ -23,9 +23,8 @@ from pathlib import Path
 from care_core._atomic import atomic_path
 from care_core.train.trainer import TrainEvent
 
-__all__ = ["TrainingJob", "start_commands", "start_job", "read_job"]
+__all__ = ["TrainingJob", "read_job", "start_commands", "train_command"]
 
-COMMANDS = ("finetune", "pretrain")
 JOB_FILE = "job.json"
 
 
@@ -125,8 +124,8 @@ class TrainingJob:
         return lines[-1] if lines else f"the training process exited with status {rc}"
 
     def cancel(self, timeout: float = 10.0, *, wait: bool = True) -> int | None:
-        """Stop the job: no further command starts; the running child gets SIGTERM (it unwinds, keeping the last
-        checkpoint; about 1-2 s), then SIGKILL after ``timeout`` s. Returns the exit status; with
+        """Stop the job: no further command starts; the running child gets SIGTERM (a training run stops before its
+        next step, keeping its checkpoints; about 1 s), then SIGKILL after ``timeout`` s. Returns the exit status; with
         ``wait=False`` returns None at once (a GUI thread must not wait) and a helper thread escalates."""
         self._cancel.set()
         proc = self.proc
@@ -168,15 +167,6 @@ def read_job(run_dir: str | Path) -> dict | None:
         return json.loads((Path(run_dir) / JOB_FILE).read_text())
     except (OSError, json.JSONDecodeError):
         return None
-
-
-def start_job(command: str, *, config: str | Path | None = None, run_dir: str | Path, stage: str | None = None,
-              resume: bool = False) -> TrainingJob:
-    """Start ``care <command>`` (``finetune`` or ``pretrain`` with ``stage`` "1" / "2") in a child process.
-    A new run needs ``config``; ``resume=True`` continues ``run_dir`` from its last checkpoint."""
-    if command not in COMMANDS:
-        raise ValueError(f"command={command!r}: choose one of {COMMANDS}")
-    return TrainingJob([train_command(command, config=config, run_dir=run_dir, stage=stage, resume=resume)], Path(run_dir))
 
 
 def train_command(command: str, *, config: str | Path | None, run_dir: str | Path, stage: str | None = None,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -53,6 +54,13 @@ class TrainEvent:
     samples_per_s: float = 0.0
     eta_s: float | None = None
     path: str | None = None
+
+
+STOP = threading.Event()  # set (the CLI does on SIGTERM) to end a run before its next step; its checkpoints stay
+
+
+class Stopped(KeyboardInterrupt):
+    """A run ended on request (``STOP``) between two steps."""
 
 
 def cosine_schedule(step: int, total: int, start: float, end: float, warmup_steps: int = 0, warmup_from: float = 0.0) -> float:
@@ -307,6 +315,8 @@ def train(cfg, run_dir: str | Path, *, stage: str | None = None, resume: bool = 
     objective.train()
     done = start
     for step, batch in enumerate(_loader(setup, start, total, cfg, rank, world), start=start):
+        if STOP.is_set():
+            raise Stopped(f"stopped before step {step + 1} of {total}")
         epoch = step // per_epoch
         lr = cosine_schedule(step, total, cfg.lr, cfg.min_lr, warmup)
         wd = cosine_schedule(step, total, cfg.weight_decay, cfg.weight_decay_end)
