@@ -8,6 +8,7 @@ an optional ``patient`` (``patient_id``, ``case_id``) so that splits keep a pati
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,7 +117,7 @@ def read_labels(path: str | os.PathLike, *, slides_only: bool = False) -> LabelT
         raise InvalidInputError(f"{where} has no rows")
     slides = _strings(df, slide_col, where, "'slide'")
     slides = np.array([s[:-3] if s.endswith(".h5") else s for s in slides], dtype=object)
-    dup = sorted({s for s in slides.tolist() if (slides == s).sum() > 1})
+    dup = sorted(s for s, n in Counter(slides.tolist()).items() if n > 1)  # O(n): 20,000 rows in ms
     if dup:
         raise InvalidInputError(f"{where} lists slide(s) {dup[:10]} more than once; keep one row per slide")
     patient_col = _column(df, _PATIENT)

@@ -80,9 +80,11 @@ def summarise(per_fold: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def markdown_table(rows: dict[str, dict[str, dict[str, float]]], *, scale: float = 100.0) -> str:
+def markdown_table(rows: dict[str, dict[str, dict[str, float]]], *, scale: float = 100.0,
+                   n_folds: int | None = None) -> str:
     """A markdown table: one row per entry of ``rows`` ({row name: summarise(...)}), one column per metric,
-    cells "mean ± sd" (times ``scale``; NaN shown as "n/a")."""
+    cells "mean ± sd" (times ``scale``; NaN shown as "n/a"). With ``n_folds``, a metric that some folds left
+    undefined says how many it used: "70.0 ± 14.1 (2 of 5 folds)", "n/a (0 of 5 folds)"."""
     metrics: list[str] = []
     for summary in rows.values():
         metrics += [m for m in summary if m not in metrics]
@@ -92,10 +94,14 @@ def markdown_table(rows: dict[str, dict[str, dict[str, float]]], *, scale: float
         for m in metrics:
             s = summary.get(m)
             if s is None or not np.isfinite(s["mean"]):
-                cells.append("n/a")
+                cell = "n/a"
             elif np.isfinite(s["sd"]):
-                cells.append(f"{s['mean'] * scale:.1f} ± {s['sd'] * scale:.1f}")
+                cell = f"{s['mean'] * scale:.1f} ± {s['sd'] * scale:.1f}"
             else:
-                cells.append(f"{s['mean'] * scale:.1f}")
+                cell = f"{s['mean'] * scale:.1f}"
+            used = 0 if s is None else s.get("n", 0)
+            if n_folds is not None and used < n_folds:
+                cell += f" ({used} of {n_folds} folds)"
+            cells.append(cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -8,6 +8,7 @@ probability columns per head), plus one ``slide_predictions.csv`` for the cohort
 
 from __future__ import annotations
 
+import csv
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -68,11 +69,11 @@ def iter_predict(inputs: Sequence[str | os.PathLike], model, heads: Sequence[str
         rows.append({"slide": path.stem, **slide_prediction_row(enc.predictions)})
         yield i, len(files), path, _write_slide(enc, path.stem, out)
     columns = ["slide"] + [c for c in dict.fromkeys(k for r in rows for k in r) if c != "slide"]
-    with atomic_path(out / "slide_predictions.csv") as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(",".join(f'"{c}"' if "," in c else c for c in columns) + "\n")
+    with atomic_path(out / "slide_predictions.csv") as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")  # quotes a name holding a comma, a quote or a line break
+        writer.writerow(columns)
         for r in rows:
-            cells = [r.get(c, "") for c in columns]
-            fh.write(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in cells) + "\n")
+            writer.writerow(f"{v:.6g}" if isinstance(v, float) else v for v in (r.get(c, "") for c in columns))
 
 
 def predict_paths(inputs: Sequence[str | os.PathLike], model, heads: Sequence[str | os.PathLike | Head],

@@ -9,6 +9,7 @@ authors' layout; pass the folder back with ``splits=`` to reuse them).
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from collections import Counter
@@ -382,18 +383,20 @@ def write_results(out_dir: str | os.PathLike, summary: dict, results: list[FoldR
     truth = {s: (f"{t:g}/{e}" if table.kind == "survival" else l) for s, l, t, e in zip(
         table.slides.tolist(), table.label if table.label is not None else [None] * len(table),
         table.time if table.time is not None else [0] * len(table), table.event if table.event is not None else [0] * len(table))}
-    with atomic_path(out / "test_predictions.csv") as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(",".join(["sample", "fold", "truth", *cols]) + "\n")
+    with atomic_path(out / "test_predictions.csv") as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")  # quotes a name holding a comma, a quote or a line break
+        writer.writerow(["sample", "fold", "truth", *cols])
         for r in results:
             for sid, row in zip(r.test_ids, r.test_scores):
-                fh.write(",".join([sid, str(r.fold), str(truth[sid]), *(f"{v:.6g}" for v in row)]) + "\n")
+                writer.writerow([sid, r.fold, truth[sid], *(f"{v:.6g}" for v in row)])
     written.append(out / "test_predictions.csv")
     with atomic_path(out / "results.json") as tmp:
         tmp.write_text(json.dumps({k: v for k, v in summary.items() if k != "written"}, indent=2))
     written.append(out / "results.json")
     title = f"{summary['protocol']} on {summary['input']} ({summary['task']}, {summary['n_samples']} samples, {summary['n_folds']} folds)"
     with atomic_path(out / "results.md") as tmp:
-        tmp.write_text(f"# {title}\n\n" + markdown_table({f"{summary['protocol']} / {summary['input']}": summary["summary"]}))
+        tmp.write_text(f"# {title}\n\n" + markdown_table({f"{summary['protocol']} / {summary['input']}": summary["summary"]},
+                                                          n_folds=summary["n_folds"]))
     written.append(out / "results.md")
     return written
 

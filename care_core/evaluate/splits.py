@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,7 +105,6 @@ def load_splits(folder: str | os.PathLike, labels: LabelTable | None = None) -> 
     files = sorted(folder.glob("*.csv"), key=lambda p: (_fold_number(p), p.name)) if folder.is_dir() else []
     if not files:
         raise InvalidInputError(f"split folder {str(folder)!r} holds no CSV files; give the folder of splits_<k>.csv files")
-    known = None if labels is None else set(labels.slides.tolist())
     folds = []
     for path in files:
         try:
@@ -122,6 +122,11 @@ def load_splits(folder: str | os.PathLike, labels: LabelTable | None = None) -> 
             return tuple(v[:-3] if v.endswith(".h5") else v for v in out if v and v.lower() != "nan")
 
         fold = Fold(ids("train"), ids("val"), ids("test"))
+        for name, part in (("train", fold.train), ("val", fold.val), ("test", fold.test)):
+            twice = sorted(s for s, n in Counter(part).items() if n > 1)
+            if twice:
+                raise InvalidInputError(f"split file {str(path)!r} lists slide(s) {twice[:10]} more than once in {name}; "
+                                        "keep one row per slide")
         parts = {"train": set(fold.train), "val": set(fold.val), "test": set(fold.test)}
         for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
             both = sorted(parts[a] & parts[b])
@@ -129,10 +134,35 @@ def load_splits(folder: str | os.PathLike, labels: LabelTable | None = None) -> 
                 raise InvalidInputError(f"split file {str(path)!r}: slide(s) {both[:10]} are in both {a} and {b}; fix the split")
         if not fold.train or not fold.test:
             raise InvalidInputError(f"split file {str(path)!r} has an empty train or test column")
-        if known is not None:
-            unknown = sorted((parts["train"] | parts["val"] | parts["test"]) - known)
-            if unknown:
-                raise InvalidInputError(f"split file {str(path)!r} names {len(unknown)} slide(s) missing from labels table "
-                                        f"{labels.source!r}: {unknown[:10]}; use the splits made for these labels")
+        if labels is not None:
+            _check_against_labels(path, parts, labels)
         folds.append(fold)
     return folds
+
+
+def _check_against_labels(path: Path, parts: dict[str, set[str]], labels: LabelTable) -> None:
+    """A fold of split file ``path`` must hold exactly the labels table's slides and keep each patient's slides in one
+    part (the results say ``folds_by: patient``). A labelled slide in no part is refused, not dropped: the table
+    says which samples count, so a slide left out would shrink the evaluation without a word."""
+    used = parts["train"] | parts["val"] | parts["test"]
+    unknown = sorted(used - set(labels.slides.tolist()))
+    if unknown:
+        raise InvalidInputError(f"split file {str(path)!r} names {len(unknown)} slide(s) missing from labels table "
+                                f"{labels.source!r}: {unknown[:10]}; use the splits made for these labels")
+    left_out = [s for s in labels.slides.tolist() if s not in used]
+    if left_out:
+        raise InvalidInputError(f"split file {str(path)!r} puts {len(left_out)} labelled slide(s) {left_out[:10]} in none "
+                                f"of train, val and test; add them to the split or drop them from labels table "
+                                f"{labels.source!r}")
+    part_of: dict[str, str] = {}
+    for name in ("train", "val", "test"):
+        for slide in sorted(parts[name]):
+            part_of[slide] = name
+    where: dict[str, dict[str, str]] = {}  # patient -> {part: one of its slides}
+    for slide, patient in zip(labels.slides.tolist(), labels.patients.tolist()):
+        where.setdefault(patient, {}).setdefault(part_of[slide], slide)
+    for patient in labels.patients.tolist():
+        if len(where[patient]) > 1:
+            shown = ", ".join(f"{s!r} in {p}" for p, s in where[patient].items())
+            raise InvalidInputError(f"split file {str(path)!r}: patient {patient!r} has slides in more than one part "
+                                    f"({shown}), so the folds are not by patient; move the patient's slides into one part")
