@@ -1,6 +1,8 @@
-"""Atomic writes for every output: write hidden temp siblings, then rename them into place.
+"""Atomic, durable writes for every output: write hidden temp siblings, fsync them, rename them into place and
+fsync the folder, so that after a crash or a power loss a path holds its old bytes or its new ones, never an
+empty or partial file.
 
-Also: checking an output folder before the work (`check_output_dir`), refusing a write the disk cannot
+Also: one lock per output folder (`folder_lock`: a second run into a folder in use fails with one line), checking an output folder before the work (`check_output_dir`), refusing a write the disk cannot
 hold (`check_free_space`), one clear `OutputError` line for a full disk, and removing the temp files of
 runs that were killed (`remove_stale_temps`).
 """
@@ -16,17 +18,19 @@ import shutil
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from care_core.errors import OutputError
 
-__all__ = ["atomic_path", "atomic_paths", "check_output_dir", "check_free_space", "remove_stale_temps"]
+__all__ = ["atomic_path", "atomic_paths", "check_output_dir", "check_free_space", "folder_lock", "remove_stale_temps"]
 
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]  # temp names say which machine wrote them
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<host>[0-9a-f]{8})[0-9a-f]{8}\.tmp$")
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+LOCK_NAME = ".care.lock"  # in an output folder while a run writes there: "<pid> <host tag>"
 
 
 def _umask() -> int:
@@ -157,12 +161,31 @@ def _signals_deferred() -> Iterator[None]:
                 signal.raise_signal(signum)
 
 
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file, or a folder's list of names) to the disk; folders that cannot be synced (some
+    network and Windows file systems) are left to the system."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if path.is_dir():
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if not (path.is_dir() and exc.errno in (errno.EINVAL, errno.EBADF, errno.ENOTSUP)):
+            raise
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_paths(paths: Sequence[str | os.PathLike], *, size_hint: int | None = None) -> Iterator[list[Path]]:
     """Yield temp paths beside `paths` to write; on success each gets mode 0o666 & ~umask and replaces its
     path, the whole set renamed only after every file was written.
 
-    The parent folders are created. If the body raises, every temp file is removed, the error re-raised
+    Durable: each temp file is fsynced before the renames and each folder after them. The parent folders are
+    created. If the body raises, every temp file is removed, the error re-raised
     (a full disk as one `OutputError` line naming the disk and `size_hint`, the bytes the set needs) and
     every previous path is left untouched. The body must create each temp file (write to it by name).
     """
@@ -175,9 +198,12 @@ def atomic_paths(paths: Sequence[str | os.PathLike], *, size_hint: int | None = 
         mode = 0o666 & ~_umask()
         for tmp in tmps:
             os.chmod(tmp, mode)
+            _fsync(tmp)  # the bytes reach the disk before the name does
         with _signals_deferred():  # Ctrl-C / SIGTERM between two renames would leave part of the set
             for tmp, path in zip(tmps, paths):
                 os.replace(tmp, path)
+        for parent in dict.fromkeys(p.parent for p in paths):
+            _fsync(parent)  # ... and the renames themselves
     except BaseException as exc:
         full = isinstance(exc, Exception) and _is_disk_full(exc)
         written = sum(t.stat().st_size for t in tmps if t.is_file()) if full else 0
@@ -224,3 +250,66 @@ def remove_stale_temps(folder: str | os.PathLike, *, name: str | None = None) ->
             _unlink_quietly(path)
             removed.append(path)
     return sorted(removed)
+
+
+def _lock_owner(lock: Path) -> tuple[int, str] | None:
+    """(pid, host tag) written in a lock file; None when it cannot be read (gone, or cut by a kill while written)."""
+    try:
+        pid, host = lock.read_text(encoding="ascii").split()
+        return int(pid), host
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike, *, what: str = "run") -> Iterator[Path]:
+    """Hold `folder`/.care.lock while the block runs: a second `what` into the same folder raises `OutputError`
+    (one line naming the folder and the process that holds it) instead of mixing its files with the first one's.
+
+    The rule of the temp files decides a stale lock: one written on this machine by a process that no longer
+    exists (a SIGKILL, a crash) is taken over; a lock of another machine is only removed by hand. The folder is
+    created; the lock is removed when the block ends, however it ends.
+    """
+    folder = _make_dir(Path(folder))
+    lock = folder / LOCK_NAME
+    mine = f"{os.getpid()} {_HOST}\n"
+    for _ in range(3):  # a stale lock moved aside, then the fresh one created; a rival may win the race once
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            if owner is None:  # a rival between creating and writing it, or a lock cut by a kill: look again
+                time.sleep(0.1)
+                owner = _lock_owner(lock)
+            if owner is None or (owner[1] == _HOST and not _pid_alive(owner[0])):
+                aside = temp_sibling(lock)
+                try:  # only one process gets to move a stale lock aside
+                    os.replace(lock, aside)
+                except FileNotFoundError:
+                    continue
+                if _lock_owner(aside) == owner:
+                    _unlink_quietly(aside)
+                    continue
+                os.replace(aside, lock)  # a live lock appeared in between: put it back
+                owner = _lock_owner(lock)
+            here = owner is not None and owner[1] == _HOST
+            holder = f"process {owner[0]} on {'this' if here else 'another'} machine" if owner else "another process"
+            gone = "" if here else f"; delete {lock} if that {what} is gone"
+            raise OutputError(f"output folder {folder} is in use by another {what} ({holder}); wait for it to end or "
+                              f"choose another output folder{gone}") from None
+        except OSError as exc:
+            raise OutputError(f"cannot lock output folder {folder} ({exc.strerror or exc}); choose another output "
+                              "folder or make it writable") from None
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(mine)
+        break
+    else:
+        raise OutputError(f"output folder {folder} is in use by another {what} ({lock.name}); choose another output folder")
+    try:
+        yield lock
+    finally:
+        try:
+            if lock.read_text(encoding="ascii") == mine:
+                lock.unlink()
+        except OSError:
+            pass

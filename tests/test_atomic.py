@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,3 +128,69 @@ def test_interrupt_during_the_renames_is_held_until_the_set_is_complete(tmp_path
                 for tmp in tmps:
                     tmp.write_text("x")
     assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in paths]  # all five, no temp
+
+
+def test_each_file_is_fsynced_before_its_rename_and_the_folder_after(tmp_path, monkeypatch):
+    """Durable: after a power loss a renamed file must not come back empty, so its bytes reach the disk first."""
+    from care_core._atomic import atomic_paths
+
+    log, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        log.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        log.append(("rename", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    paths = [tmp_path / "a.txt", tmp_path / "sub" / "b.txt"]
+    with atomic_paths(paths) as tmps:
+        for tmp in tmps:
+            tmp.write_text("x")
+    kinds = [(k, re.sub(r"\.\d+\.[0-9a-f]{16}\.tmp$", ".tmp", Path(p).name) if k == "fsync" else Path(p).name)
+             for k, p in log]
+    assert kinds == [("fsync", ".a.txt.tmp"), ("fsync", ".b.txt.tmp"), ("rename", "a.txt"), ("rename", "b.txt"),
+                     ("fsync", tmp_path.name), ("fsync", "sub")]
+
+
+# ------------------------------------------------------------------------------------------ folder lock
+def test_folder_lock_refuses_a_second_holder_and_is_gone_afterwards(tmp_path):
+    from care_core._atomic import LOCK_NAME, folder_lock
+    from care_core.errors import OutputError
+
+    with folder_lock(tmp_path / "run") as lock:
+        assert lock == tmp_path / "run" / LOCK_NAME and lock.read_text().split()[0] == str(os.getpid())
+        with pytest.raises(OutputError) as err:
+            with folder_lock(tmp_path / "run"):
+                pass
+        assert str(err.value) == (f"output folder {tmp_path / 'run'} is in use by another run (process {os.getpid()} "
+                                  "on this machine); wait for it to end or choose another output folder")
+    assert not lock.exists()
+    with pytest.raises(RuntimeError), folder_lock(tmp_path / "run"):
+        raise RuntimeError("the run failed")
+    assert os.listdir(tmp_path / "run") == []
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over_one_of_another_machine_is_not(tmp_path):
+    import subprocess
+    import sys
+
+    from care_core._atomic import _HOST, LOCK_NAME, folder_lock
+    from care_core.errors import OutputError
+
+    dead = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead.kill()
+    dead.wait()
+    (tmp_path / LOCK_NAME).write_text(f"{dead.pid} {_HOST}\n")
+    with folder_lock(tmp_path) as lock:
+        assert lock.read_text() == f"{os.getpid()} {_HOST}\n"
+    assert not lock.exists()
+    (tmp_path / LOCK_NAME).write_text(f"{dead.pid} 0123abcd\n")
+    with pytest.raises(OutputError, match=rf"process {dead.pid} on another machine\); wait .* delete "
+                                          rf"{re.escape(str(tmp_path / LOCK_NAME))} if that run is gone"):
+        with folder_lock(tmp_path):
+            pass
+    assert (tmp_path / LOCK_NAME).read_text() == f"{dead.pid} 0123abcd\n"  # left for its owner

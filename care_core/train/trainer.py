@@ -242,11 +242,7 @@ def train(cfg, run_dir: str | Path, *, stage: str | None = None, resume: bool = 
     data or the run folder is a TrainingConfigError before the first step; a NaN/Inf loss stops with a
     TrainingError and leaves the last good checkpoint in place.
     """
-    import torch
-
-    from care_core._atomic import atomic_path, check_output_dir
-    from care_core.model import save_checkpoint
-    from care_core.train.stages import build_stage
+    from care_core._atomic import check_output_dir, folder_lock
 
     run_dir = Path(run_dir)
     stage = stage or {"StageIConfig": "1", "StageIIConfig": "2", "FinetuneConfig": "finetune"}[type(cfg).__name__]
@@ -255,8 +251,21 @@ def train(cfg, run_dir: str | Path, *, stage: str | None = None, resume: bool = 
     if cfg.batch_size % world:
         raise TrainingConfigError(f"batch_size={cfg.batch_size} must be a multiple of the {world} processes")
     device = _device(cfg.device)
-    record = _config_record(cfg, stage)
     check_output_dir(run_dir)
+    if rank != 0:  # the processes of one torchrun job share the folder; rank 0 holds its lock
+        return (yield from _train(cfg, run_dir, stage, resume, rank, world, device))
+    with folder_lock(run_dir):
+        return (yield from _train(cfg, run_dir, stage, resume, rank, world, device))
+
+
+def _train(cfg, run_dir: Path, stage: str, resume: bool, rank: int, world: int, device) -> Iterator[TrainEvent]:
+    import torch
+
+    from care_core._atomic import atomic_path
+    from care_core.model import save_checkpoint
+    from care_core.train.stages import build_stage
+
+    record = _config_record(cfg, stage)
     moved = _check_run_dir(run_dir, record, resume)
     torch.manual_seed(cfg.seed)  # heads and encoders built by the stage: the same init on every process and run
     setup = build_stage(stage, cfg, run_dir)  # data, objective (model inside), export metadata
