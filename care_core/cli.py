@@ -213,6 +213,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     if run_dir is None:
         print(f"care {args.command}: error: give --out RUN_DIR for a new run or --resume RUN_DIR", file=sys.stderr)
         return 2
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         _show_training(args, run_dir)
     except Stopped:
@@ -433,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="run folder of a new run")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last checkpoint (its own config unless --config is given)")
+    p.add_argument("--threads", type=COUNT, default=None,
+                   help="CPU threads of torch (default: one per core; 1 is often faster on a busy machine)")
     p.add_argument("--events-json", action="store_true", help="print each progress event as one JSON line instead of the bar")
     p.set_defaults(func=_cmd_pretrain)
 
@@ -440,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="config file with labels, features, fold, ...; see docs/training.md")
     p.add_argument("--out", type=Path, default=None, help="run folder of a new run")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument("--threads", type=COUNT, default=None,
+                   help="CPU threads of torch (default: one per core; 1 is often faster on a busy machine)")
     p.add_argument("--events-json", action="store_true", help="print each progress event as one JSON line instead of the bar")
     p.set_defaults(func=_cmd_pretrain, stage="finetune")
 

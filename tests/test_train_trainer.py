@@ -65,7 +65,7 @@ def test_config_files_toml_yaml_json_give_the_same_config(tmp_path, cohort):
     cfgs = [load_config(tmp_path / f"a.{ext}", "1") for ext in ("toml", "yaml", "json")]
     assert cfgs[0] == cfgs[1] == cfgs[2] and cfgs[0].model == {"embed_dim": 16, "heads": 2}
     (tmp_path / "bad.toml").write_text("batch_size = = 4")
-    with pytest.raises(TrainingConfigError, match=r"bad\.toml is not a valid toml file"):
+    with pytest.raises(TrainingConfigError, match=r"bad\.toml is not valid TOML: Invalid value \(at line 1, column 14\)"):
         load_config(tmp_path / "bad.toml", "1")
 
 

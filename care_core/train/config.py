@@ -8,7 +8,10 @@ folder whose config differs.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+import math
+import re
+import reprlib
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from care_core.errors import TrainingConfigError
@@ -40,9 +43,12 @@ class _Common:
     init: str = ""  # CARE checkpoint to start from ('' = random init with `seed`)
 
     def check(self) -> None:
-        for name in ("batch_size", "epochs", "checkpoint_every", "keep_checkpoints", "log_every"):
-            if int(getattr(self, name)) < 1:
-                raise TrainingConfigError(f"{name}={getattr(self, name)} must be a positive integer")
+        """Refuse, with one line naming the key and its value, anything that would fail or mislead mid-run."""
+        check_types(self)
+        _at_least(self, 1, "batch_size", "epochs", "checkpoint_every", "keep_checkpoints", "log_every")
+        if not _DEVICE.fullmatch(self.device):
+            raise TrainingConfigError(f"device={self.device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        check_model_overrides(self.model)
         if not 0 < self.lr or self.min_lr < 0 or self.min_lr > self.lr:
             raise TrainingConfigError(f"lr={self.lr}, min_lr={self.min_lr}: need 0 <= min_lr <= lr and lr > 0")
         if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
@@ -75,6 +81,7 @@ class StageIConfig(_Common):
 
     def check(self) -> None:
         super().check()
+        _at_least(self, 1, "out_dim", "patch_out_dim", "head_hidden", "head_bottleneck")
         if not (self.features or self.index):
             raise TrainingConfigError("Stage I needs `features` (a folder of .h5 files) or an existing `index`")
         if not 0 <= self.center_momentum < 1 or not 0 <= self.momentum_teacher <= 1:
@@ -106,6 +113,7 @@ class StageIIConfig(_Common):
     protein_vectors: str = ""  # optional per-protein identity vectors
     top_proteins: int = 10  # proteins per sample (the most abundant)
     sample_genes: int = 256  # genes encoded per training step, a random subset (0 = all; evaluation uses all)
+    rna_log1p: bool = True  # RNA values are counts / TPM and become log1p(x); false for a matrix already on a log scale
     lr: float = 1e-4
     warmup_epochs: float = 2.0
     weight_decay: float = 0.05
@@ -113,6 +121,12 @@ class StageIIConfig(_Common):
 
     def check(self) -> None:
         super().check()
+        _at_least(self, 1, "max_patches", "mol_dim", "mol_depth", "mol_heads", "proj_dim", "top_proteins")
+        _at_least(self, 0, "sample_genes")
+        if self.mol_dim % self.mol_heads:
+            raise TrainingConfigError(f"mol_dim={self.mol_dim} must be divisible by mol_heads={self.mol_heads}")
+        if not self.init_temperature > 0:
+            raise TrainingConfigError(f"init_temperature={self.init_temperature} must be > 0")
         if self.modality not in ("rna", "protein"):
             raise TrainingConfigError(f"modality={self.modality!r} must be 'rna' or 'protein'")
         if not self.table:
@@ -155,8 +169,67 @@ class FinetuneConfig(_Common):
             raise TrainingConfigError("fine-tuning needs `labels` (a labels table) and `features` (a folder of .h5 files)")
         if self.input not in ("slide", "roi"):
             raise TrainingConfigError(f"input={self.input!r} must be 'slide' or 'roi'")
-        if self.patience < 1 or self.min_epochs < 0 or self.fold < 0 or self.max_patches < 0:
-            raise TrainingConfigError("patience >= 1, min_epochs >= 0, fold >= 0 and max_patches >= 0 are needed")
+        _at_least(self, 1, "patience")
+        _at_least(self, 0, "min_epochs", "fold", "max_patches")
+
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+_show = reprlib.Repr()  # values in messages: a hostile value (a huge or deeply nested table) is cut short
+_show.maxstring = _show.maxother = 60
+
+
+def _at_least(cfg, low: int, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) < low:
+            raise TrainingConfigError(f"{name}={getattr(cfg, name)} must be an integer >= {low}")
+
+
+def _typed(name: str, value, default):
+    """``value`` of a field whose default is ``default``, as that type (an integral float becomes an int);
+    TrainingConfigError naming the key and the value otherwise."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise TrainingConfigError(f"{name}={_show.repr(value)} must be true or false")
+    elif isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TrainingConfigError(f"{name}={_show.repr(value)} must be a number")
+        if not math.isfinite(value):
+            raise TrainingConfigError(f"{name}={value} must be a finite number")
+        if isinstance(default, int):
+            if value != int(value):
+                raise TrainingConfigError(f"{name}={value} must be a whole number")
+            return int(value)
+        return float(value)
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise TrainingConfigError(f"{name}={_show.repr(value)} must be a string")
+    elif isinstance(default, dict) and not isinstance(value, dict):
+        raise TrainingConfigError(f"{name}={_show.repr(value)} must be a table of keys")
+    return value
+
+
+def check_types(cfg, prefix: str = "") -> None:
+    """Give each field of the dataclass ``cfg`` its default's type, in place (``epochs = 2.5``, ``"abc"``, NaN
+    refused with one line)."""
+    for f in fields(cfg):
+        default = f.default if f.default is not MISSING else f.default_factory()
+        object.__setattr__(cfg, f.name, _typed(prefix + f.name, getattr(cfg, f.name), default))
+
+
+def check_model_overrides(model: dict) -> None:
+    """The ``model`` table as a CARE config: unknown keys, wrong types and impossible values refused before the run."""
+    from care_core.model import CAREConfig
+
+    known = {f.name: f.default for f in fields(CAREConfig)}
+    unknown = sorted(set(model) - set(known))
+    if unknown:
+        raise TrainingConfigError(f"unknown model key(s) {_show.repr(unknown)}; valid keys: {sorted(known)}")
+    typed = {k: _typed(f"model.{k}", v, known[k]) for k, v in model.items()}
+    try:
+        CAREConfig(**{**typed, "input_dim": 1})  # input_dim comes from the features
+    except ValueError as exc:
+        raise TrainingConfigError(f"model: {exc}") from None
+    model.update(typed)
 
 
 STAGES = {"1": StageIConfig, "2": StageIIConfig, "finetune": FinetuneConfig}
@@ -176,37 +249,61 @@ def config_from_dict(stage: str, values: dict) -> _Common:
         cfg = cls(**values)
     except TypeError as exc:
         raise TrainingConfigError(f"{name} config: {exc}") from exc
-    for f in fields(cls):  # ill-typed values (e.g. batch_size = "abc") fail here, not mid-run
-        value, default = getattr(cfg, f.name), f.default
-        if isinstance(default, (int, float)) and not isinstance(default, bool):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TrainingConfigError(f"{f.name}={value!r} must be a number")
-        elif isinstance(default, str) and not isinstance(value, str):
-            raise TrainingConfigError(f"{f.name}={value!r} must be a string")
     cfg.check()
     return cfg
 
 
+def _parse_yaml(text: str, path: Path) -> object:
+    """YAML without aliases: an alias (``*name``) can nest a table in itself until it fills the memory (the
+    billion laughs), so it is refused, with its line, before anything is built."""
+    import yaml
+
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            raise TrainingConfigError(f"{path}, line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not "
+                                      "accepted in a config; write the values out")
+    return yaml.safe_load(text)
+
+
+def _syntax_error(path: Path, kind: str, exc: Exception) -> TrainingConfigError:
+    """One line: the file, the line (where the parser says it) and the parser's reason."""
+    mark = getattr(exc, "problem_mark", None)  # YAML
+    if mark is not None:
+        reason = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        return TrainingConfigError(f"{path}, line {mark.line + 1}: not valid {kind}: {reason}")
+    return TrainingConfigError(f"{path} is not valid {kind}: {' '.join(str(exc).split())}")
+
+
 def read_config_file(path: str | Path) -> dict:
-    """The table of a TOML (``.toml``), YAML (``.yaml``/``.yml``) or JSON config file."""
+    """The table of a TOML (``.toml``), YAML (``.yaml``/``.yml``) or JSON config file (the suffix in any case)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise TrainingConfigError(f"cannot read config {path}: {exc.strerror}") from exc
     try:
-        if path.suffix == ".toml":
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise TrainingConfigError(f"{path}, line {line}: byte 0x{raw[exc.start]:02x} is not UTF-8; save the config "
+                                  "as UTF-8") from None
+    suffix = path.suffix.lower()
+    kind = {".toml": "TOML", ".yaml": "YAML", ".yml": "YAML"}.get(suffix, "JSON")
+    try:
+        if kind == "TOML":
             import tomllib
 
             values = tomllib.loads(text)
-        elif path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            values = yaml.safe_load(text) or {}
+        elif kind == "YAML":
+            values = _parse_yaml(text, path)
         else:
             values = json.loads(text)
+    except TrainingConfigError:
+        raise
     except Exception as exc:  # noqa: BLE001 — every parser's error becomes one line naming the file
-        raise TrainingConfigError(f"{path} is not a valid {path.suffix.lstrip('.') or 'JSON'} file: {exc}") from exc
+        raise _syntax_error(path, kind, exc) from None
+    if values is None and kind == "YAML":
+        values = {}
     if not isinstance(values, dict):
         raise TrainingConfigError(f"{path}: a config must be a table of keys, got {type(values).__name__}")
     return values

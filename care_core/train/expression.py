@@ -315,6 +315,12 @@ def _pair(rows: list[PairedSample], matrix: Matrix, columns: list[str], table: P
             skipped += 1
             continue
         out[r.features] = np.ascontiguousarray(picked[i], dtype=np.float32)
+    if not out:  # every shared sample has a NaN somewhere: name the columns, not the ids
+        bad = ~np.isfinite(picked[sorted(index[s] for s in shared)]).all(0)
+        names = [c for c, b in zip(columns, bad) if b]
+        raise TrainingConfigError(
+            f"{what} matrix {str(matrix.path)!r}: every sample with a slide has a missing (NaN) value, in column(s) "
+            f"{names[:5]}{' ...' if len(names) > 5 else ''}; fill them or drop the column(s)")
     return out, skipped
 
 
@@ -353,7 +359,8 @@ def load_molecular(table_csv: _PathLike, rna: _PathLike | None = None, protein: 
             negative = [p for p, v in data.rna.items() if (v < 0).any()]
             if negative:
                 raise TrainingConfigError(f"RNA matrix {str(matrix.path)!r} has negative values (e.g. for "
-                                          f"{negative[0].name}); it looks log-transformed already: pass rna_log1p=False")
+                                          f"{negative[0].name}); it looks log-transformed already: set rna_log1p = "
+                                          "false in the Stage II config (rna_log1p=False in load_molecular)")
             data.rna = {p: np.log1p(v) for p, v in data.rna.items()}
     if protein is not None:
         matrix = _oriented(read_matrix(protein), ids)

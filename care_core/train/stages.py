@@ -233,13 +233,11 @@ def _stage2(cfg, run_dir: Path) -> StageSetup:
 
     table = Path(cfg.table)
     if cfg.modality == "rna":
-        data = load_molecular(table, rna=cfg.rna, genes=cfg.genes or None)
+        data = load_molecular(table, rna=cfg.rna, genes=cfg.genes or None, rna_log1p=cfg.rna_log1p)
         pairs, skipped = data.rna, data.skipped_rna
     else:
         data = load_molecular(table, protein=cfg.protein)
         pairs, skipped = data.protein, data.skipped_protein
-    if not pairs:
-        raise TrainingConfigError(f"{table}: no slide has a {cfg.modality} profile; check the sample ids")
     files = sorted(pairs)
     first = _feature_meta(files[0])
     from care_core.features import load_features
