@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from care_core.features.registry import EncoderSpec, PatchEncoder, register_encoder
+from care_core.features.spec import EncoderSpec, PatchEncoder, register_encoder
 
 __all__ = ["StainTextureEncoder", "SPEC", "feature_names"]
 

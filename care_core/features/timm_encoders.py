@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from care_core.errors import CheckpointError, MissingWeightsError, UnknownEncoderError
-from care_core.features.registry import EncoderSpec, PatchEncoder, register_encoder
+from care_core.features.spec import EncoderSpec, PatchEncoder, register_encoder
 
 __all__ = ["TimmPatchEncoder", "SPECS", "timm_arch_spec", "build_timm_arch", "load_state_dict_file", "sha256_file"]
 
