@@ -1,10 +1,12 @@
-"""Synthetic molecular data: profiles follow the compartment composition (learnable: a ridge regression from
-the true fractions predicts RNA far above chance, also on a cohort of other seeds), patients share their
-confounders, and a cohort written in one call (slides, features, tables) loads for Stage II."""
+"""Synthetic molecular data: profiles follow the compartment composition and the local structures (learnable: a
+ridge regression from the true drivers predicts RNA far above chance, also on a cohort of other seeds; each
+signature is mostly explained by its drivers on real layouts), patients share their confounders, and a cohort
+written in one call (slides, features, tables, labels, per-patch truth) loads for Stage II and `care evaluate`."""
 
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +20,12 @@ def _composition(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
     return rng.dirichlet(np.full(5, 0.8), size=n), [f"p{i // 2}" for i in range(n)]
 
 
+def _structures(n: int, seed: int) -> np.ndarray:
+    """[n, 2] TIL / TLS areas (mm²): each present on about half of the slides."""
+    rng = np.random.default_rng([seed, 9])
+    return (rng.random((n, 2)) < 0.5) * rng.uniform(0.3, 1.6, (n, 2))
+
+
 def _cv_r2(x: np.ndarray, y: np.ndarray) -> float:
     """Mean over columns of the 5-fold cross-validated R² of a ridge regression from x to y."""
     from sklearn.linear_model import Ridge
@@ -27,15 +35,48 @@ def _cv_r2(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(1 - ((y - pred) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)))
 
 
-def test_ridge_from_true_fractions_predicts_rna_and_protein_far_above_chance():
+def test_ridge_from_true_drivers_predicts_rna_and_protein_far_above_chance():
     frac, patients = _composition(200, seed=1)
-    prof = molecular_profiles(frac, patients, seed=1)
+    area = _structures(200, seed=1)
+    prof = molecular_profiles(frac, patients, structure_mm2=area, seed=1)
     rna = np.log1p(prof.rna)
-    shuffled = frac[np.random.default_rng(2).permutation(len(frac))]
-    assert _cv_r2(frac, rna) > 0.4  # mean over all 1,292 genes, most of them outside every program set
-    assert _cv_r2(shuffled, rna) < 0.02  # chance: the same regression on fractions of other samples
-    assert _cv_r2(frac, prof.protein) > 0.55
+    drivers = np.column_stack([frac, area])
+    shuffled = drivers[np.random.default_rng(2).permutation(len(frac))]
+    assert _cv_r2(drivers, rna) > 0.4  # mean over all 1,292 genes, most of them outside every program set
+    assert _cv_r2(shuffled, rna) < 0.02  # chance: the same regression on drivers of other samples
+    assert _cv_r2(drivers, prof.protein) > 0.55
     assert _cv_r2(shuffled, prof.protein) < 0.02
+    assert _cv_r2(frac, prof.protein[:, -13:-3]) < 0.05  # structure proteins: composition alone tells nothing
+
+
+def test_each_signature_is_mostly_explained_by_its_drivers_on_real_layouts():
+    """Fresh layouts of the slide generator (no pixels): compartment fractions and structure areas from the
+    masks; the per-signature R² of a linear fit on those drivers is >= 0.5, and structure signatures need the
+    structures (composition alone explains little of them)."""
+    from care_core.synth.molecular import signature_scores
+    from care_core.synth.tissue import make_layout, render_labels, to_compartments, to_structures
+
+    frac, area = [], []
+    for seed in range(30):
+        lab = render_labels(make_layout(6000, 4800, 0.5, 90_000 + seed), 4800, 6000, 16)
+        c = np.bincount(to_compartments(lab).ravel(), minlength=6)[1:]
+        frac.append(c / c.sum())
+        area.append(np.bincount(to_structures(lab).ravel(), minlength=3)[1:] * (16 * 0.5 / 1000) ** 2)
+    frac, area = np.array(frac), np.array(area)
+    assert 0.2 < (area > 0).mean(0).min() and (area > 0).mean(0).max() < 0.9  # present on some slides only
+    prof = molecular_profiles(frac, [f"p{i // 2}" for i in range(30)], structure_mm2=area, seed=11)
+    scores = signature_scores(prof.rna, prof.genes, prof.signatures)
+    assert set(scores) == {"tumour", "stroma", "lymphocytes", "fat", "necrosis", "TIL", "TLS"}
+
+    def r2(x, y):
+        x = np.column_stack([x, np.ones(len(x))])
+        resid = y - x @ np.linalg.lstsq(x, y, rcond=None)[0]
+        return 1 - resid.var() / y.var()
+
+    for name, y in scores.items():
+        assert r2(np.column_stack([frac, area]), y) >= 0.5, name
+    for j, name in enumerate(("TIL", "TLS")):
+        assert r2(frac, scores[name]) < 0.5 < r2(area[:, j:j + 1], scores[name]), name
 
 
 def test_held_out_seeds_share_the_biology():
@@ -101,7 +142,7 @@ def test_cohort_in_one_call_loads_for_stage_two(tmp_path):
     assert rows[0]["slide"] == "slides/sample_1024x768_seed20000.svs"
     data = load_molecular(table, rna=table.with_name("rna.h5ad"), protein=table.with_name("protein.csv"))
     assert len(data.rna) == 3 and data.skipped_rna == 0 and not data.missing_genes
-    assert len(data.protein) + data.skipped_protein == 3 and len(data.proteins) == 32
+    assert len(data.protein) + data.skipped_protein == 3 and len(data.proteins) == 42  # 29 markers + 10 structure + 3 housekeeping
     for r in data.rows:
         feats = load_features(r.features)
         assert feats.encoder == "stain-texture" and feats.n_patches > 0
@@ -115,6 +156,24 @@ def test_cohort_in_one_call_loads_for_stage_two(tmp_path):
     np.testing.assert_allclose([float(truth[1][COMPARTMENTS[k]]) for k in sorted(COMPARTMENTS)],
                                counts / counts.sum(), atol=1e-4)
     assert any(m.startswith("features") for m in messages)
+    from care_core.evaluate.labels import read_labels
+    from care_core.features import load_features as load
+    from care_core.synth.truth import patch_truth
+
+    for task in ("dominant", "tumour", "til", "tls", "til_signature", "tls_signature", "survival"):
+        with open(tmp_path / "c" / "labels" / f"{task}.csv", newline="") as fh:
+            labels = list(csv.DictReader(fh))
+        assert [r["slide"] for r in labels] == [Path(r["features"]).stem for r in rows]
+        assert [r["patient"] for r in labels] == [r["patient"] for r in rows]
+        assert {r.get("label") for r in labels} <= {"present", "absent", "high", "low", None, *COMPARTMENTS.values()}
+    survival = read_labels(tmp_path / "c" / "labels" / "survival.csv")
+    assert survival.kind == "survival" and (survival.time > 0).all()
+    pf = load(tmp_path / "c" / rows[0]["features"])
+    with open(tmp_path / "c" / "truth" / f"{Path(rows[0]['features']).stem}.csv", newline="") as fh:
+        patch_rows = list(csv.DictReader(fh))
+    t = patch_truth(pf.coords, pf.patch_size_level0, slide_file_mask := tmp_path / "c" / rows[0]["slide"].replace(".svs", "_mask.tif"))
+    assert [int(r["compartment"]) for r in patch_rows] == t.compartment.tolist() and slide_file_mask.is_file()
+    assert [[int(r["x"]), int(r["y"])] for r in patch_rows] == pf.coords.tolist()
     slide_file = tmp_path / "c" / rows[0]["slide"]
     before = slide_file.stat().st_mtime_ns
     write_synthetic_cohort(tmp_path / "c", 3, seed=2, width_px=1024, height_px=768, features=True, workers=1,

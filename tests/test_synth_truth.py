@@ -9,13 +9,13 @@ from care_core.model import SlideEncoding
 from care_core.synth.truth import left_own_square, patch_compartments, region_purity
 
 
-def test_patch_compartment_is_the_majority_tissue_id_under_the_patch():
+def test_patch_compartment_is_the_mask_value_under_the_patch_centre():
     mask = np.zeros((8, 8), np.uint8)  # 1 mask px = 16 level-0 px; patches of 64 px = 4 mask px
     mask[:4, :4] = 2
-    mask[:4, 3] = 3  # 4 of 16 px: minority
-    mask[4:, 4:6] = 5  # half tissue, half glass: glass ignored
-    coords = np.array([[0, 0], [64, 64], [0, 64]])
-    np.testing.assert_array_equal(patch_compartments(coords, 64, mask, 16), [2, 5, -1])
+    mask[2, 2] = 3  # the centre of patch (0, 0) is level-0 (32, 32) = mask px (2, 2): a minority wins the centre
+    mask[4:, 4:7] = 5  # patch (64, 64): centre at mask px (6, 6) = 5 although half of the patch is glass
+    coords = np.array([[0, 0], [64, 64], [0, 64], [1000, 1000]])  # (0, 64) glass; the last one beyond the mask
+    np.testing.assert_array_equal(patch_compartments(coords, 64, mask, 16), [3, 5, -1, -1])
 
 
 def test_region_purity_hand_case():

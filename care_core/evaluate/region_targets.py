@@ -45,14 +45,11 @@ def patch_labels_from_mask(encoding: SlideEncoding, mask: np.ndarray, downsample
 
     mask: [H, W] integer labels covering the slide at 1/``downsample`` of level 0.
     """
-    centres = _centres(encoding) / float(downsample)
-    mask = np.asarray(mask)
-    col, row = np.floor(centres[:, 0]).astype(np.int64), np.floor(centres[:, 1]).astype(np.int64)
-    inside = (row >= 0) & (row < mask.shape[0]) & (col >= 0) & (col < mask.shape[1])
-    labels = np.full(len(centres), None, dtype=object)
-    values = mask[row[inside], col[inside]]
-    labels[inside] = [class_names.get(int(v)) for v in values]
-    return labels
+    from care_core.wsi.patches import mask_values_at_centres
+
+    values = mask_values_at_centres(_centres(encoding) - encoding.patch_size_level0 / 2.0,
+                                    encoding.patch_size_level0, mask, downsample)
+    return np.array([class_names.get(int(v)) if v >= 0 else None for v in values], dtype=object)
 
 
 def region_labels(encoding: SlideEncoding, patch_labels: np.ndarray, *, min_fraction: float = 0.5) -> np.ndarray:

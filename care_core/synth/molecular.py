@@ -1,18 +1,24 @@
-"""Paired RNA and protein profiles for synthetic slides, generated from their ground-truth compartments.
+"""Paired RNA and protein profiles for synthetic slides, generated from their ground-truth compartments and
+local structures.
 
 Each compartment has a gene program over the gene panel (the shipped Hallmark-like panel by default): a
 baseline log expression shared by all, raised by 1.5–3 (natural log units) on the genes of the Hallmark
 sets that compartment stands for (tumour: proliferation; stroma: EMT / TGF-β; lymphocytes: immune
 signalling; fat: adipogenesis; necrosis: hypoxia / apoptosis), plus a compartment-specific N(0, 0.8²) shift of
 every gene (cell types differ broadly, not only on their marker sets).
-A sample's expression is the area-weighted mix of the programs in linear space,
+Each local structure (``care_core.synth.tissue.STRUCTURES``) drives a signature of its own, on Hallmark sets that
+no compartment program raises (TIL, lymphocytes infiltrating tumour: interferon-α and IL-6/JAK/STAT3
+signalling; TLS, tertiary lymphoid aggregates: complement and inflammatory response), raised by 1–2 per unit
+of its driver d_s = structure area / `STRUCTURE_REF_MM2` (0 where the slide has none). A sample's expression is
 
-    x_g = Σ_c f_c · exp(program_c,g) · exp(z_patient · L_g + ε_g),   ε_g ~ N(0, noise_sigma²),
+    x_g = Σ_c f_c · exp(program_c,g) · exp(Σ_s d_s · signature_s,g + z_patient · L_g + ε_g),   ε_g ~ N(0, noise_sigma²),
 
-where z_patient are three patient-level confounders (batch, age-like, sex-like; N(0, 1) per patient) with
-fixed loadings L. Proteins follow the same scheme over a panel of 32 marker proteins, reported as log2
-abundances. Programs and loadings come from `program_seed` only, so held-out cohorts (other seeds) share
-the biology of the training cohort.
+where f_c are the compartment area fractions and z_patient three patient-level confounders (batch, age-like,
+sex-like; N(0, 1) per patient) with fixed loadings L. So composition drives the compartment programs and *where*
+things are (a small infiltrated nest, a few lymphoid aggregates) drives the structure signatures, which mean
+pooling over a slide dilutes. Proteins follow the same scheme over 32 compartment markers, 10 structure markers
+and 3 housekeeping proteins, reported as log2 abundances. Programs, signatures and loadings come from
+`program_seed` only, so held-out cohorts (other seeds) share the biology of the training cohort.
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from care_core._atomic import atomic_path
-from care_core.synth.tissue import COMPARTMENTS
+from care_core.synth.tissue import COMPARTMENTS, STRUCTURES
 
-__all__ = ["PROGRAM_SETS", "PROTEIN_MARKERS", "MolecularProfiles", "molecular_profiles", "write_molecular_tables"]
+__all__ = ["PROGRAM_SETS", "PROTEIN_MARKERS", "SIGNATURE_SETS", "STRUCTURE_PROTEINS", "STRUCTURE_REF_MM2",
+           "MolecularProfiles", "molecular_profiles", "signature_scores", "write_molecular_tables"]
 
 PROGRAM_SETS: dict[str, tuple[str, ...]] = {  # compartment → the Hallmark sets its program raises
     "tumour": ("HALLMARK_E2F_TARGETS", "HALLMARK_G2M_CHECKPOINT", "HALLMARK_MYC_TARGETS_V1"),
@@ -45,9 +52,19 @@ PROTEIN_MARKERS: dict[str, tuple[str, ...]] = {  # compartment → proteins it r
     "fat": ("PLIN1", "FABP4", "ADIPOQ", "LEP", "PPARG"),
     "necrosis": ("CASP3", "HIF1A", "CA9", "BAX", "LDHA"),
 }
+SIGNATURE_SETS: dict[str, tuple[str, ...]] = {  # local structure → the Hallmark sets its signature raises
+    "TIL": ("HALLMARK_INTERFERON_ALPHA_RESPONSE", "HALLMARK_IL6_JAK_STAT3_SIGNALING"),
+    "TLS": ("HALLMARK_COMPLEMENT", "HALLMARK_INFLAMMATORY_RESPONSE"),
+}
+STRUCTURE_PROTEINS: dict[str, tuple[str, ...]] = {
+    "TIL": ("PRF1", "IFNG", "CXCL9", "CD274", "LAG3"),
+    "TLS": ("CXCL13", "CR2", "CD19", "BCL6", "LAMP3"),
+}
+STRUCTURE_REF_MM2: dict[str, float] = {"TIL": 1.2, "TLS": 0.6}  # structure area of driver 1 (a typical one)
 HOUSEKEEPING = ("GAPDH", "ACTB", "TUBB")
 _CONFOUNDERS = ("batch", "age", "sex")
 _NAMES = [COMPARTMENTS[k] for k in sorted(COMPARTMENTS)]  # column order of `fractions`
+_STRUCTS = [STRUCTURES[k] for k in sorted(STRUCTURES)]  # column order of `structure_mm2`
 
 
 @dataclass(frozen=True)
@@ -58,6 +75,7 @@ class MolecularProfiles:
     protein: np.ndarray
     genes: list[str]
     proteins: list[str]
+    signatures: dict[str, list[str]]  # signature name (compartment or structure) → its genes in the panel
 
 
 def _programs(names: Sequence[str], raised: dict[str, set[str]], rng: np.random.Generator, base_mean: float,
@@ -71,46 +89,88 @@ def _programs(names: Sequence[str], raised: dict[str, set[str]], rng: np.random.
     return out
 
 
-def molecular_profiles(fractions: np.ndarray, patients: Sequence[str], *, genes: Sequence[str] | None = None,
-                       seed: int = 0, program_seed: int = 0, noise_sigma: float = 0.25,
-                       confounder_sd: float = 0.15) -> MolecularProfiles:
-    """RNA and protein profiles of N samples from their compartment area fractions.
+def _signature(names: Sequence[str], members: set[str], rng: np.random.Generator, up: tuple[float, float]) -> np.ndarray:
+    """[len(names)] raise per unit of driver: `up`-range on `members`, 0 elsewhere."""
+    hit = np.array([n in members for n in names])
+    out = np.zeros(len(names))
+    out[hit] = rng.uniform(*up, hit.sum())
+    return out
+
+
+def _signature_genes(genes: Sequence[str]) -> dict[str, list[str]]:
+    """Genes of each compartment program and each structure signature (structure genes exclude every program's)."""
+    from care_core.train.expression import HALLMARK_GMT, read_gene_sets
+
+    sets = read_gene_sets(HALLMARK_GMT)
+    panel = set(genes)
+    out = {c: sorted({g for s in PROGRAM_SETS[c] for g in sets[s]} & panel) for c in _NAMES}
+    taken = set().union(*out.values())
+    for name in _STRUCTS:
+        out[name] = sorted({g for s in SIGNATURE_SETS[name] for g in sets[s]} & panel - taken)
+        taken |= set(out[name])
+    return out
+
+
+def molecular_profiles(fractions: np.ndarray, patients: Sequence[str], *, structure_mm2: np.ndarray | None = None,
+                       genes: Sequence[str] | None = None, seed: int = 0, program_seed: int = 0,
+                       noise_sigma: float = 0.25, confounder_sd: float = 0.15) -> MolecularProfiles:
+    """RNA and protein profiles of N samples from their compartment area fractions and local structures.
 
     fractions: [N, 5] area shares of tumour, stroma, lymphocytes, fat, necrosis (rows are rescaled to sum 1).
-    patients: N patient ids; samples of one patient share its confounders. genes: the panel (default: the
-    shipped Hallmark-like panel). seed: draws the patients' confounders and the noise; program_seed: the
-    programs and confounder loadings.
+    patients: N patient ids; samples of one patient share its confounders. structure_mm2: [N, 2] area (mm²) of
+    TIL and TLS on each slide (default none). genes: the panel (default: the shipped Hallmark-like panel).
+    seed: draws the patients' confounders and the noise; program_seed: programs, signatures and loadings.
     """
-    from care_core.train.expression import HALLMARK_GMT, read_gene_panel, read_gene_sets
+    from care_core.train.expression import read_gene_panel
 
     f = np.asarray(fractions, np.float64)
     if f.ndim != 2 or f.shape[1] != len(_NAMES) or len(f) != len(patients) or (f < 0).any() or not (f.sum(1) > 0).all():
         raise ValueError(f"fractions {f.shape} must be [N={len(patients)}, {len(_NAMES)}] non-negative rows with a "
                          f"positive sum ({', '.join(_NAMES)})")
     f = f / f.sum(axis=1, keepdims=True)
+    area = np.zeros((len(f), len(_STRUCTS))) if structure_mm2 is None else np.asarray(structure_mm2, np.float64)
+    if area.shape != (len(f), len(_STRUCTS)) or not np.isfinite(area).all() or (area < 0).any():
+        raise ValueError(f"structure_mm2 {area.shape} must be [N={len(f)}, {len(_STRUCTS)}] non-negative areas "
+                         f"({', '.join(_STRUCTS)})")
+    drive = area / np.array([STRUCTURE_REF_MM2[s] for s in _STRUCTS])
     genes = read_gene_panel() if genes is None else list(genes)
-    sets = read_gene_sets(HALLMARK_GMT)
+    members = _signature_genes(genes)
     prng = np.random.default_rng([program_seed, 211])
-    rna_prog = _programs(genes, {c: {g for s in PROGRAM_SETS[c] for g in sets[s]} for c in _NAMES}, prng,
+    rna_prog = _programs(genes, {c: set(members[c]) for c in _NAMES}, prng,
                          base_mean=2.0, base_sd=1.5, up=(1.5, 3.0), jitter=0.8)
-    proteins = [p for c in _NAMES for p in PROTEIN_MARKERS[c]] + list(HOUSEKEEPING)
+    proteins = ([p for c in _NAMES for p in PROTEIN_MARKERS[c]] + [p for s in _STRUCTS for p in STRUCTURE_PROTEINS[s]]
+                + list(HOUSEKEEPING))
     prot_prog = _programs(proteins, {c: set(PROTEIN_MARKERS[c]) for c in _NAMES}, prng,
                           base_mean=3.0, base_sd=0.5, up=(2.0, 3.5), jitter=0.2)
     prot_prog[:, -len(HOUSEKEEPING):] = prot_prog[0, -len(HOUSEKEEPING):] + 1.5  # flat and abundant
     loadings_rna = prng.normal(0.0, confounder_sd, (len(_CONFOUNDERS), len(genes)))
     loadings_prot = prng.normal(0.0, confounder_sd, (len(_CONFOUNDERS), len(proteins)))
+    srng = np.random.default_rng([program_seed, 223])  # its own stream: the programs above stay as they were
+    sig_rna = np.stack([_signature(genes, set(members[s]), srng, (1.0, 2.0)) for s in _STRUCTS])
+    sig_prot = np.stack([_signature(proteins, set(STRUCTURE_PROTEINS[s]), srng, (1.5, 2.5)) for s in _STRUCTS])
+    prot_prog[:, [proteins.index(p) for s in _STRUCTS for p in STRUCTURE_PROTEINS[s]]] = 2.0  # flat and low without a driver
 
     rng = np.random.default_rng([seed, 307])
     ids = list(dict.fromkeys(patients))
     z = rng.standard_normal((len(ids), len(_CONFOUNDERS)))[[ids.index(p) for p in patients]]
-    rna = (f @ np.exp(rna_prog)) * np.exp(z @ loadings_rna + rng.normal(0.0, noise_sigma, (len(f), len(genes))))
-    prot = np.log(f @ np.exp(prot_prog)) + z @ loadings_prot + rng.normal(0.0, noise_sigma, (len(f), len(proteins)))
-    return MolecularProfiles(rna.astype(np.float32), (prot / np.log(2.0)).astype(np.float32), genes, proteins)
+    rna = (f @ np.exp(rna_prog)) * np.exp(drive @ sig_rna + z @ loadings_rna
+                                          + rng.normal(0.0, noise_sigma, (len(f), len(genes))))
+    prot = (np.log(f @ np.exp(prot_prog)) + drive @ sig_prot + z @ loadings_prot
+            + rng.normal(0.0, noise_sigma, (len(f), len(proteins))))
+    return MolecularProfiles(rna.astype(np.float32), (prot / np.log(2.0)).astype(np.float32), genes, proteins, members)
+
+
+def signature_scores(rna: np.ndarray, genes: Sequence[str], signatures: dict[str, list[str]]) -> dict[str, np.ndarray]:
+    """Per sample, the mean log1p expression over each signature's genes: {signature: [N]}."""
+    col = {g: i for i, g in enumerate(genes)}
+    logx = np.log1p(np.asarray(rna, np.float64))
+    return {name: logx[:, [col[g] for g in members]].mean(1) for name, members in signatures.items() if members}
 
 
 def write_molecular_tables(out_dir: str | os.PathLike, sample_ids: Sequence[str], fractions: np.ndarray,
-                           patients: Sequence[str], *, seed: int = 0, program_seed: int = 0,
-                           protein_missing: float = 0.2, genes: Sequence[str] | None = None) -> tuple[Path, Path]:
+                           patients: Sequence[str], *, structure_mm2: np.ndarray | None = None, seed: int = 0,
+                           program_seed: int = 0, protein_missing: float = 0.2,
+                           genes: Sequence[str] | None = None) -> tuple[Path, Path]:
     """Write `<out_dir>/rna.h5ad` (samples × genes, obs column `patient`) and `<out_dir>/protein.csv`
     (sample_id, then one column per protein) for the given samples; returns both paths.
 
@@ -120,7 +180,8 @@ def write_molecular_tables(out_dir: str | os.PathLike, sample_ids: Sequence[str]
     from care_core.train.expression import write_h5ad
 
     out_dir = Path(out_dir)
-    prof = molecular_profiles(fractions, patients, genes=genes, seed=seed, program_seed=program_seed)
+    prof = molecular_profiles(fractions, patients, structure_mm2=structure_mm2, genes=genes, seed=seed,
+                              program_seed=program_seed)
     rna_path = write_h5ad(out_dir / "rna.h5ad", prof.rna, sample_ids, prof.genes, obs={"patient": list(patients)})
     keep = np.random.default_rng([seed, 401]).random(len(sample_ids)) >= protein_missing
     protein_path = out_dir / "protein.csv"

@@ -115,7 +115,8 @@ class _Textures:
 
 @lru_cache(maxsize=2)
 def _textures(seed: int, mpp: float, size: int) -> _Textures:
-    """Build (size, size) textures for labels 0..SEPTUM (glass, tumour, stroma, lymphocytes, fat, necrosis, septum)."""
+    """Build (size, size) textures for render labels 0..TLS (glass, tumour, stroma, lymphocytes, fat, necrosis, septum,
+    infiltrated tumour, lymphoid aggregate)."""
     rng = np.random.default_rng([seed, 202])
     n, k = size, 1.0 / mpp
     fine = _fft_noise(rng, n, 0.7 * k)
@@ -137,7 +138,9 @@ def _textures(seed: int, mpp: float, size: int) -> _Textures:
     necrosis = (0.015 + 0.01 * blotch + 0.01 * grain + 0.8 * debris, 0.2 + 0.07 * blotch + 0.03 * grain, 0.1)
     septum_e = 0.10 + 0.42 * np.roll(bundles, (n // 2, n // 3), axis=(0, 1)) + 0.05 * fine
     septum = (0.03 + 0.01 * fine, septum_e, 0.03)
-    for h, e, neutral in (glass, tumour, stroma, lymph, fat, necrosis, septum):
+    til = (0.15 + 0.04 * grain + 0.02 * blotch, 0.21 + 0.05 * grain + 0.03 * blotch, 0.02)  # cytoplasm between lymphocytes
+    tls = (0.14 + 0.05 * grain, 0.09 + 0.02 * grain + 0.01 * blotch, 0.015)  # basophilic, little eosin
+    for h, e, neutral in (glass, tumour, stroma, lymph, fat, necrosis, septum, til, tls):
         rgb = _od_to_rgb(np.broadcast_to(h, (n, n)), np.broadcast_to(e, (n, n)), np.broadcast_to(neutral, (n, n)))
         rgba = np.concatenate([rgb, np.full((n, n, 1), 255, np.uint8)], axis=2)
         layers.append(rgba.reshape(-1, 4).view(np.uint32).ravel())
@@ -241,12 +244,13 @@ def _sprites(seed: int, mpp: float) -> _Sprites:
 
 
 # ---------------------------------------------------------------- nucleus placement
-# kind, mean spacing (µm) of the jittered grid, keep-probability per render label 0..SEPTUM
+# kind, mean spacing (µm) of the jittered grid, keep-probability per render label 0..TLS (glass, tumour, stroma,
+# lymphocytes, fat, necrosis, septum, infiltrated tumour, lymphoid aggregate)
 _PLACEMENT = (
-    ("tumour", 13.0, (0.0, 0.97, 0.0, 0.0, 0.0, 0.0, 0.0)),
-    ("lymph", 7.2, (0.0, 0.03, 0.015, 0.95, 0.0, 0.02, 0.04)),
-    ("spindle", 32.0, (0.0, 0.0, 0.8, 0.0, 0.0, 0.0, 0.9)),
-    ("debris", 9.0, (0.0, 0.0, 0.0, 0.0, 0.0, 0.6, 0.0)),
+    ("tumour", 13.0, (0.0, 0.97, 0.0, 0.0, 0.0, 0.0, 0.0, 0.7, 0.22)),
+    ("lymph", 7.2, (0.0, 0.03, 0.015, 0.95, 0.0, 0.02, 0.04, 0.45, 1.0)),
+    ("spindle", 32.0, (0.0, 0.0, 0.8, 0.0, 0.0, 0.0, 0.9, 0.0, 0.0)),
+    ("debris", 9.0, (0.0, 0.0, 0.0, 0.0, 0.0, 0.6, 0.0, 0.0, 0.0)),
 )
 
 

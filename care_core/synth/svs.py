@@ -21,14 +21,16 @@ import tifffile
 
 from care_core._atomic import atomic_path
 from care_core.synth.render import Renderer
-from care_core.synth.tissue import COMPARTMENTS, MASK_DOWNSAMPLE, make_layout, render_labels, to_compartments
+from care_core.synth.tissue import (COMPARTMENTS, MASK_DOWNSAMPLE, STRUCTURES, make_layout, render_labels,
+                                    to_compartments, to_structures)
 
-__all__ = ["SampleSlide", "ensure_sample_slide", "write_sample_slide"]
+__all__ = ["SampleSlide", "ensure_sample_slide", "structures_path", "write_sample_slide"]
 
 _HEADER = "Aperio Image Library v12.0.15"
 _MIN_SIDE_PX = 512
 _MIN_LEVEL_SIDE_PX = 128  # stop adding pyramid levels once the longest side would drop below this
 _THUMBNAIL_PX = 1024
+WORLD_VERSION = 2  # bumped when the same arguments give other pixels (2: local structures, TIL and TLS)
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,21 @@ class SampleSlide:
     def read_mask(self) -> np.ndarray:
         """The ground-truth labels, uint8 (ceil(H/16), ceil(W/16))."""
         return tifffile.imread(self.mask_path)
+
+    @property
+    def structures_path(self) -> Path:
+        """uint8 local-structure ids (0 = none, keys of `care_core.synth.tissue.STRUCTURES`), grid of the mask."""
+        return structures_path(self.mask_path)
+
+    def read_structures(self) -> np.ndarray:
+        """The local-structure ids, uint8, same grid as `read_mask`."""
+        return tifffile.imread(self.structures_path)
+
+
+def structures_path(mask_path: str | os.PathLike[str]) -> Path:
+    """`<stem>_structures.tif` beside a slide's `<stem>_mask.tif`."""
+    mask_path = Path(mask_path)
+    return mask_path.with_name(mask_path.name.removesuffix("_mask.tif") + "_structures.tif")
 
 
 def _check_args(width_px: int, height_px: int, seed: int, mpp: float, tile_px: int, jpeg_quality: int) -> None:
@@ -118,9 +135,11 @@ def write_sample_slide(path: str | os.PathLike[str], *, width_px: int = 24000, h
     """Write a seeded synthetic H&E-like Aperio SVS at `path` and its compartment mask beside it.
 
     The slide is `width_px` x `height_px` at `mpp` µm/px (objective power 10/mpp, so 20x at 0.5)
-    with tumour, stroma, lymphocyte, fat and necrosis compartments a few mm across. Beside it go
-    `<stem>_mask.tif` (uint8 labels at 1/16 of level 0) and `<stem>_compartments.json`. The same
-    arguments always give the same pixels. Raises ValueError for a bad argument.
+    with tumour, stroma, lymphocyte, fat and necrosis compartments a few mm across, and on some slides
+    local structures (lymphocyte-infiltrated tumour, tertiary lymphoid aggregates). Beside it go
+    `<stem>_mask.tif` (uint8 compartments at 1/16 of level 0), `<stem>_structures.tif` (structure ids on
+    the same grid) and `<stem>_compartments.json` (area shares of both, written last). The same arguments always give the same pixels.
+    Raises ValueError for a bad argument.
     """
     _check_args(width_px, height_px, seed, mpp, tile_px, jpeg_quality)
     width_px, height_px, seed, mpp = int(width_px), int(height_px), int(seed), float(mpp)
@@ -180,16 +199,24 @@ def write_sample_slide(path: str | os.PathLike[str], *, width_px: int = 24000, h
                   rowsperstrip=16, software=False, **jpeg)
 
     g = MASK_DOWNSAMPLE
-    mask = to_compartments(render_labels(layout, height_px, width_px, g))
-    with atomic_path(mask_path) as tmp:
-        tifffile.imwrite(tmp, mask, compression="zlib", photometric="minisblack", metadata=None,
-                         description=json.dumps({"mask_downsample": g, "compartments": COMPARTMENTS}))
+    labels = render_labels(layout, height_px, width_px, g)
+    mask, structures = to_compartments(labels), to_structures(labels)
+    for path, labels, names in ((mask_path, mask, {"compartments": COMPARTMENTS}),
+                                (structures_path(mask_path), structures, {"structures": STRUCTURES})):
+        with atomic_path(path) as tmp:
+            tifffile.imwrite(tmp, labels, compression="zlib", photometric="minisblack", metadata=None,
+                             description=json.dumps({"mask_downsample": g, **names}))
     counts = np.bincount(mask.ravel(), minlength=len(COMPARTMENTS) + 1)[1:]
+    total = max(int(counts.sum()), 1)
+    s_counts = np.bincount(structures.ravel(), minlength=len(STRUCTURES) + 1)[1:]
     sidecar = {"slide": slide_path.name, "mask": mask_path.name, "mask_downsample": g, "mpp": mpp, "seed": seed,
-               "width_px": width_px, "height_px": height_px,
+               "width_px": width_px, "height_px": height_px, "world_version": WORLD_VERSION,
                "compartments": {str(k): v for k, v in COMPARTMENTS.items()},
-               "tissue_fractions": {COMPARTMENTS[k]: round(float(c / max(counts.sum(), 1)), 4)
-                                    for k, c in zip(COMPARTMENTS, counts)}}
+               "tissue_fractions": {COMPARTMENTS[k]: round(float(c / total), 4) for k, c in zip(COMPARTMENTS, counts)},
+               "structures": {str(k): v for k, v in STRUCTURES.items()},
+               "structure_area_mm2": {STRUCTURES[k]: round(float(c) * (g * mpp / 1000.0) ** 2, 4)
+                                      for k, c in zip(STRUCTURES, s_counts)},
+               "structure_fractions": {STRUCTURES[k]: round(float(c / total), 4) for k, c in zip(STRUCTURES, s_counts)}}
     with atomic_path(json_path) as tmp:
         tmp.write_text(json.dumps(sidecar, indent=2) + "\n")
     return SampleSlide(slide_path, mask_path, g, dict(COMPARTMENTS), mpp)
@@ -199,16 +226,18 @@ def ensure_sample_slide(folder: str | os.PathLike[str], *, width_px: int = 24000
                         seed: int = 0, mpp: float = 0.5) -> SampleSlide:
     """The sample slide in `folder`, written only when a finished one with these arguments is not there yet.
 
-    A slide counts as finished when its JSON sidecar (written last) records the same size, seed and mpp.
+    A slide counts as finished when its JSON sidecar (written last) records the same size, seed, mpp and
+    `WORLD_VERSION` (a slide of an older generator is written again).
     """
     slide_path = Path(folder) / f"sample_{width_px}x{height_px}_seed{seed}.svs"
     json_path = slide_path.with_name(f"{slide_path.stem}_compartments.json")
     try:
         meta = json.loads(json_path.read_text())
-        done = (meta["width_px"], meta["height_px"], meta["seed"], meta["mpp"]) == (width_px, height_px, seed, mpp)
+        done = ((meta["width_px"], meta["height_px"], meta["seed"], meta["mpp"], meta.get("world_version"))
+                == (width_px, height_px, seed, mpp, WORLD_VERSION))
     except (OSError, ValueError, KeyError):
         done = False
     mask_path = slide_path.with_name(f"{slide_path.stem}_mask.tif")
-    if done and slide_path.is_file() and mask_path.is_file():
+    if done and slide_path.is_file() and mask_path.is_file() and structures_path(mask_path).is_file():
         return SampleSlide(slide_path, mask_path, MASK_DOWNSAMPLE, dict(COMPARTMENTS), float(mpp))
     return write_sample_slide(slide_path, width_px=width_px, height_px=height_px, seed=seed, mpp=mpp)

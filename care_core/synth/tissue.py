@@ -4,11 +4,22 @@ Every smooth field is sampled on the mask grid (one point per `MASK_DOWNSAMPLE` 
 pixel centre); labels anywhere else come from the same fields interpolated there, so the saved mask
 and the rendered pixels agree. Compartments are a noise-warped, weighted Voronoi partition of the
 tissue, each cell a few millimetres across.
+
+Local structures sit on top of the compartments, present on some slides and absent on others, each a
+disc with a rippled outline:
+
+- ``TIL``: lymphocytes infiltrating a tumour nest, 0.55–0.85 mm in radius, centred at the deepest point of a
+  tumour cell (p = 0.5 per slide); only tumour inside the disc is infiltrated. It stays tumour in the mask.
+- ``TLS``: tertiary lymphoid aggregates, 1–3 discs of 0.3–0.45 mm radius in stroma (p = 0.5 per slide): dense
+  lymphocytes around a germinal centre of larger pale nuclei; only stroma and fat inside a disc become one. It
+  is lymphocytes in the mask.
+
+They are drawn from their own random stream, so a slide's compartments do not depend on them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
@@ -18,14 +29,24 @@ __all__ = [
     "MASK_DOWNSAMPLE",
     "RENDER_DOWNSAMPLE",
     "SEPTUM",
+    "STRUCTURES",
+    "TIL",
+    "TLS",
     "Layout",
     "make_layout",
     "render_labels",
     "to_compartments",
+    "to_structures",
 ]
 
 COMPARTMENTS: dict[int, str] = {1: "tumour", 2: "stroma", 3: "lymphocytes", 4: "fat", 5: "necrosis"}
 SEPTUM = 6  # render-only label: fibrous strands between tumour nests (a tumour pixel in the mask)
+TIL = 7  # render label: tumour nest infiltrated by lymphocytes (tumour in the mask, structure 1)
+TLS = 8  # render label: tertiary lymphoid structure (lymphocytes in the mask, structure 2)
+STRUCTURES: dict[int, str] = {1: "TIL", 2: "TLS"}  # structure ids of the structure mask
+_STRUCTURE_P = 0.5  # chance that a slide has each structure
+_TIL_RADIUS_UM = (550.0, 850.0)
+_TLS_RADIUS_UM = (300.0, 450.0)
 MASK_DOWNSAMPLE = 16  # level-0 px per mask px
 RENDER_DOWNSAMPLE = 2  # level-0 px per render-label px (compartment boundaries step by 1 µm at 0.5 mpp)
 
@@ -46,6 +67,7 @@ class Layout:
     cell_xy_px: np.ndarray  # (n, 2) float64 level-0 (x, y) of each cell's seed
     cell_scale: np.ndarray  # (n,) float64 relative size of each cell
     cell_label: np.ndarray  # (n,) uint8 compartment of each cell
+    structures: tuple = ()  # (render label TIL or TLS, x px, y px, radius px) of each local structure disc
 
 
 def _gauss_weights(n_out: int, n_in: int, step: float) -> np.ndarray:
@@ -137,7 +159,35 @@ def make_layout(width_px: int, height_px: int, mpp: float, seed: int) -> Layout:
             break
         scale = scale * np.where(small[labels - 1], 1.25, 1.0)
         layout = Layout(width_px, height_px, float(mpp), fields, cell_xy, scale, labels.astype(np.uint8))
-    return layout
+    coarse = _labels_from_fields(layout, xs, ys, fields)
+    return replace(layout, structures=_place_structures(np.random.default_rng([seed, 103]), coarse, mpp))
+
+
+def _place_structures(rng: np.random.Generator, coarse: np.ndarray, mpp: float) -> tuple:
+    """Local structure discs on mask-grid labels `coarse`: a TIL disc at the deepest point of a tumour nest, TLS
+    discs in stroma wide enough to hold them; each kind present with probability `_STRUCTURE_P`."""
+    g = MASK_DOWNSAMPLE
+    out = []
+    has_til, has_tls = rng.random(2) < _STRUCTURE_P
+    r_til = rng.uniform(*_TIL_RADIUS_UM) / mpp
+    n_tls = int(rng.integers(1, 4))
+    r_tls = rng.uniform(*_TLS_RADIUS_UM, size=n_tls) / mpp
+    if has_til:
+        depth = ndimage.distance_transform_edt(np.isin(coarse, (1, SEPTUM)))
+        if depth.max() > 0:
+            y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+            out.append((TIL, x * g + g / 2, y * g + g / 2, float(r_til)))
+    if has_tls:
+        depth = ndimage.distance_transform_edt(coarse == 2) * g
+        for r in r_tls:
+            inside = np.argwhere(depth >= 0.8 * r)
+            if not len(inside):
+                break
+            y, x = inside[rng.integers(len(inside))]
+            out.append((TLS, x * g + g / 2, y * g + g / 2, float(r)))
+            yy, xx = np.ogrid[: depth.shape[0], : depth.shape[1]]
+            depth[(yy - y) ** 2 + (xx - x) ** 2 < (3 * r / g) ** 2] = 0  # aggregates apart from each other
+    return tuple(out)
 
 
 def _labels_from_fields(layout: Layout, x: np.ndarray, y: np.ndarray, f: np.ndarray) -> np.ndarray:
@@ -151,6 +201,9 @@ def _labels_from_fields(layout: Layout, x: np.ndarray, y: np.ndarray, f: np.ndar
         best = np.where(closer, d, best)
         label[closer] = lab
     label[(label == 1) & (np.abs(f[3]) < 0.2)] = SEPTUM
+    for kind, sx, sy, r in layout.structures:  # unwarped discs, their outline rippled by the septum noise
+        inside = (x - np.float32(sx)) ** 2 + (y - np.float32(sy)) ** 2 < (np.float32(r) * (1 + 0.15 * f[3])) ** 2
+        label[inside & np.isin(label, (1, SEPTUM) if kind == TIL else (2, 4))] = kind
     label[f[2] <= 0] = 0
     return label
 
@@ -167,7 +220,7 @@ def render_labels(layout: Layout, height_px: int, width_px: int, step_px: int) -
     ym = (np.arange(hm) * g + g / 2).astype(np.float32)[:, None]
     xm = (np.arange(wm) * g + g / 2).astype(np.float32)[None, :]
     coarse = _labels_from_fields(layout, xm, ym, layout.fields)
-    key = coarse + np.uint8(8) * (layout.fields[3] > 0)
+    key = coarse + np.uint8(16) * (layout.fields[3] > 0)
     mixed = ndimage.maximum_filter(key, 3, mode="nearest") != ndimage.minimum_filter(key, 3, mode="nearest")
     ys = np.arange(-(-height_px // step_px)) * step_px + step_px / 2
     xs = np.arange(-(-width_px // step_px)) * step_px + step_px / 2
@@ -185,5 +238,12 @@ def render_labels(layout: Layout, height_px: int, width_px: int, step_px: int) -
 
 
 def to_compartments(labels: np.ndarray) -> np.ndarray:
-    """Map render labels to mask labels (septa belong to their tumour)."""
-    return np.where(labels == SEPTUM, np.uint8(1), labels).astype(np.uint8)
+    """Map render labels to mask labels (septa and infiltrated nests are tumour; TLS are lymphocytes)."""
+    lut = np.array([0, 1, 2, 3, 4, 5, 1, 1, 3], np.uint8)
+    return lut[labels]
+
+
+def to_structures(labels: np.ndarray) -> np.ndarray:
+    """Map render labels to structure ids (`STRUCTURES`; 0 = none)."""
+    lut = np.array([0, 0, 0, 0, 0, 0, 0, 1, 2], np.uint8)
+    return lut[labels]

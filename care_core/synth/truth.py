@@ -1,9 +1,10 @@
-"""Ground truth of synthetic slides for patches and regions: each patch's compartment, and how pure
-CARE's regions are against it.
+"""Ground truth of synthetic slides for patches and regions: each patch's compartment and local structure, and
+how pure CARE's regions are against it.
 
 A synthetic slide's mask (``<stem>_mask.tif``) holds one compartment id per ``mask_downsample`` level-0
-px (0 = glass). A patch's compartment is the most common tissue id inside its level-0 square (glass
-ignored; -1 when the square holds no tissue).
+px (0 = glass); ``<stem>_structures.tif`` one local-structure id (0 = none; ``care_core.synth.tissue.STRUCTURES``)
+on the same grid. A patch takes the value under its centre (the project's one rule, as for annotations):
+compartment -1 when the centre lies on glass, so the patch is left out of every count.
 """
 
 from __future__ import annotations
@@ -13,35 +14,55 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["patch_compartments", "RegionPurity", "region_purity", "left_own_square"]
+from care_core.wsi.patches import mask_values_at_centres
+
+__all__ = ["PatchTruth", "patch_compartments", "patch_truth", "read_mask", "read_structures", "RegionPurity",
+           "region_purity", "left_own_square"]
 
 
 def patch_compartments(coords: np.ndarray, patch_size_level0: int, mask: np.ndarray, mask_downsample: int) -> np.ndarray:
-    """Majority tissue compartment of each patch [N] int64 (-1 = no tissue under the patch).
+    """Compartment under each patch's centre [N] int64 (-1 = glass or outside the mask).
 
     coords: [N, 2] level-0 (x, y) top-left corners; mask: uint8 labels at 1/``mask_downsample``.
     """
-    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
-    n_ids = int(mask.max()) + 1
-    out = np.full(len(coords), -1, dtype=np.int64)
-    side = max(1, int(round(patch_size_level0 / mask_downsample)))
-    for j, (x, y) in enumerate(coords // mask_downsample):
-        block = mask[max(y, 0) : y + side, max(x, 0) : x + side]
-        counts = np.bincount(block.ravel(), minlength=n_ids)[1:]
-        if counts.sum():
-            out[j] = int(counts.argmax()) + 1
-    return out
+    values = mask_values_at_centres(coords, patch_size_level0, mask, mask_downsample)
+    return np.where(values > 0, values, -1)
 
 
 def read_mask(mask_path: str | Path) -> tuple[np.ndarray, int]:
-    """(labels, mask_downsample) of a synthetic slide's mask file."""
+    """(compartment labels, mask_downsample) of a synthetic slide's mask file."""
     import json
 
     import tifffile
 
     with tifffile.TiffFile(mask_path) as tif:
         meta = json.loads(tif.pages[0].description)
-        return tif.asarray(), int(meta["mask_downsample"])
+        return tif.pages[0].asarray(), int(meta["mask_downsample"])
+
+
+def read_structures(mask_path: str | Path) -> np.ndarray:
+    """Local-structure ids beside a synthetic slide's mask file (all 0 for a slide written before structures)."""
+    import tifffile
+
+    from care_core.synth.svs import structures_path
+
+    path = structures_path(mask_path)
+    return tifffile.imread(path) if path.is_file() else np.zeros(read_mask(mask_path)[0].shape, np.uint8)
+
+
+@dataclass(frozen=True)
+class PatchTruth:
+    """Per-patch ground truth of one slide: compartment [N] (-1 = glass) and structure [N] (0 = none)."""
+
+    compartment: np.ndarray
+    structure: np.ndarray
+
+
+def patch_truth(coords: np.ndarray, patch_size_level0: int, mask_path: str | Path) -> PatchTruth:
+    """Compartment and local structure under each patch's centre, from a synthetic slide's mask file."""
+    mask, ds = read_mask(mask_path)
+    structure = mask_values_at_centres(coords, patch_size_level0, read_structures(mask_path), ds)
+    return PatchTruth(patch_compartments(coords, patch_size_level0, mask, ds), np.maximum(structure, 0))
 
 
 @dataclass(frozen=True)

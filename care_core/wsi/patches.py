@@ -10,7 +10,7 @@ from care_core.errors import InvalidInputError, MissingMppError, NoTissueError
 from care_core.wsi.slide import Slide
 from care_core.wsi.tissue import TissueMask, detect_tissue
 
-__all__ = ["PatchGrid", "patch_grid", "read_level_for_mpp", "tissue_fractions"]
+__all__ = ["PatchGrid", "mask_values_at_centres", "patch_grid", "read_level_for_mpp", "tissue_fractions"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,19 @@ def read_level_for_mpp(slide: Slide, target_mpp: float) -> int:
     if slide.mpp is None:
         raise MissingMppError(f"{slide.path}: pixel size unknown; pass mpp= to open_slide (CLI: --mpp)")
     return slide.get_best_level_for_downsample(target_mpp / slide.mpp)
+
+
+def mask_values_at_centres(coords_level0: np.ndarray, size_level0: float, mask: np.ndarray,
+                           downsample: float) -> np.ndarray:
+    """[N] int64: the value of ``mask`` (at 1/``downsample`` of level 0) under each patch's centre; -1 where the
+    centre lies outside the mask. The one rule for labelling a patch from a label raster."""
+    centres = (np.asarray(coords_level0, np.float64).reshape(-1, 2) + size_level0 / 2.0) / float(downsample)
+    col, row = np.floor(centres[:, 0]).astype(np.int64), np.floor(centres[:, 1]).astype(np.int64)
+    mask = np.asarray(mask)
+    inside = (row >= 0) & (row < mask.shape[0]) & (col >= 0) & (col < mask.shape[1])
+    out = np.full(len(centres), -1, np.int64)
+    out[inside] = mask[row[inside], col[inside]]
+    return out
 
 
 def tissue_fractions(tissue: TissueMask, coords_level0: np.ndarray, size_level0: int) -> np.ndarray:
