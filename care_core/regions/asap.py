@@ -8,13 +8,15 @@ matches nothing cuts every annotation it overlaps, as in Camelyon-style files).
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from xml.etree import ElementTree
 
+from care_core._atomic import atomic_path
 from care_core.errors import AnnotationFileError
-from care_core.regions.annotations import Annotation, polygonal
+from care_core.regions.shapes import Annotation, polygonal
 
 __all__ = ["read_asap_xml", "write_asap_xml", "EXCLUSION_GROUP"]
 
@@ -39,10 +41,10 @@ def read_asap_xml(path: str | Path) -> list[Annotation]:
     cuts: list[tuple[str | None, object]] = []
     skipped = 0
     for i, elem in enumerate(root.iter("Annotation")):
-        points = sorted(elem.iter("Coordinate"), key=lambda c: float(c.get("Order", 0)))
         try:
-            xy = [(_number(c.get("X")), _number(c.get("Y"))) for c in points]
-        except (TypeError, ValueError) as err:
+            points = sorted(elem.iter("Coordinate"), key=lambda c: _number(c.get("Order", "0"), "Order"))
+            xy = [(_number(c.get("X"), "X"), _number(c.get("Y"), "Y")) for c in points]
+        except ValueError as err:
             raise AnnotationFileError(f"{path}: annotation {i} has a bad coordinate ({err}); re-export it") from err
         area = polygonal(Polygon(xy)) if elem.get("Type", "Polygon").lower() in _AREA_TYPES and len(xy) >= 3 else None
         if area is None:
@@ -75,8 +77,6 @@ def read_asap_xml(path: str | Path) -> list[Annotation]:
 
 def write_asap_xml(annotations: Sequence[Annotation], path: str | Path) -> Path:
     """Write ``annotations`` as ASAP XML atomically: one Polygon per part, holes as ``Exclusion`` polygons."""
-    from care_core.regions.export import atomic_write_text
-
     root = ElementTree.Element("ASAP_Annotations")
     annos = ElementTree.SubElement(root, "Annotations")
     groups: dict[str, str] = {}
@@ -98,7 +98,9 @@ def write_asap_xml(annotations: Sequence[Annotation], path: str | Path) -> Path:
         ElementTree.SubElement(g, "Attributes")
     ElementTree.indent(root)
     text = '<?xml version="1.0"?>\n' + ElementTree.tostring(root, encoding="unicode") + "\n"
-    return atomic_write_text(path, text)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def _polygon(parent, name: str, group: str, color: str, ring) -> None:
@@ -108,11 +110,17 @@ def _polygon(parent, name: str, group: str, color: str, ring) -> None:
         ElementTree.SubElement(coords, "Coordinate", Order=str(order), X=repr(float(x)), Y=repr(float(y)))
 
 
-def _number(text: str | None) -> float:
-    """A coordinate; some ASAP files from comma-decimal locales write ``1234,5``."""
+def _number(text: str | None, what: str) -> float:
+    """A finite number of attribute ``what``; some ASAP files from comma-decimal locales write ``1234,5``."""
     if text is None:
-        raise ValueError("missing X or Y")
-    return float(text.replace(",", ".") if "." not in text else text)
+        raise ValueError(f"missing {what}")
+    try:
+        value = float(text.replace(",", ".") if "." not in text else text)
+    except ValueError:
+        raise ValueError(f"{what}={text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{what}={text!r} is not finite")
+    return value
 
 
 def _hex_rgb(text: str | None) -> tuple[int, int, int] | None:

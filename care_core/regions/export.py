@@ -11,8 +11,8 @@ import uuid
 from pathlib import Path
 
 from care_core._atomic import atomic_path
-from care_core.regions.annotations import Annotation
 from care_core.regions.geometry import REGION_COLUMNS, region_polygons, region_table
+from care_core.regions.shapes import Annotation
 
 __all__ = [
     "region_color", "prediction_columns", "region_annotations", "annotations_to_geojson", "to_geojson", "write_geojson",
