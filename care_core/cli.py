@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from care_core import __version__
@@ -181,15 +181,17 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     from care_core.encode import iter_encode_paths
 
     bar, counts = None, {"encoded": 0, "skipped": 0, "failed": 0}
+    results = iter_encode_paths(args.features, _encode_model(args), args.out, allow_pickle=args.allow_pickle,
+                                keep_going=True, resume=not args.redo)
     try:
-        for r in iter_encode_paths(args.features, _encode_model(args), args.out, allow_pickle=args.allow_pickle,
-                                   keep_going=True, resume=not args.redo):
+        for r in results:
             bar = bar or tqdm(total=r.total, unit="slide", desc="encode")
             bar.update(1)
             kind = "failed" if r.error else "encoded" if r.written else "skipped"
             counts[kind] += 1
             bar.write(f"{r.path.name}: " + (f"failed: {r.error}" if r.error else ", ".join(p.name for p in r.written) or r.note))
     finally:  # before any error line
+        results.close()  # an interrupt between two slides releases the folder's lock now, not at exit
         if bar is not None:
             bar.close()
     print(f"{sum(counts.values())} feature files ({', '.join(f'{n} {k}' for k, n in counts.items())}) → {args.out}")
@@ -271,9 +273,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     model = _care_model(args, "predict") or resolve_model(None)
     bar = None
-    for i, total, path, written in iter_predict(args.features, model, args.head, args.out, allow_pickle=args.allow_pickle):
-        bar = bar or tqdm(total=total, unit="slide", desc="predict")
-        bar.update(1)
+    with closing(iter_predict(args.features, model, args.head, args.out, allow_pickle=args.allow_pickle)) as slides:
+        for i, total, path, written in slides:
+            bar = bar or tqdm(total=total, unit="slide", desc="predict")
+            bar.update(1)
     if bar is not None:
         bar.close()
     print(f"slide predictions: {args.out / 'slide_predictions.csv'}")
@@ -300,30 +303,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from care_core.evaluate.run import iter_evaluate
 
     model = _care_model(args, "evaluate")
-    finetune = None
-    if args.finetune_config is not None:
-        from care_core.train.config import read_config_file
-
-        finetune = read_config_file(args.finetune_config)
     bars: dict[str, tqdm] = {}
     gen = iter_evaluate(args.labels, args.features, model=model, protocol=args.protocol, input=args.input,
                         out_dir=args.out, splits=args.splits, n_folds=args.folds, val=not args.no_val, seed=args.seed,
-                        annotations=args.annotations, finetune=finetune, final_head=args.final_head)
+                        annotations=args.annotations, finetune=args.finetune_config, final_head=args.final_head)
     paces: dict = {}
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            result = stop.value
-            break
-        if args.events_json:
-            _print_event(_evaluate_event(ev, paces))
-            continue
-        bar = bars.get(ev.stage) or bars.setdefault(ev.stage, tqdm(total=ev.total, unit="slide" if ev.stage == "encode"
-                                                                   else "fold", desc=ev.stage))
-        bar.update(ev.done - bar.n)
-        if ev.metrics:
-            bar.set_postfix({k: f"{v:.3f}" for k, v in ev.metrics.items()})
+    with closing(gen):  # an interrupt between two events releases the folder's lock now, not at exit
+        while True:
+            try:
+                ev = next(gen)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            if args.events_json:
+                _print_event(_evaluate_event(ev, paces))
+                continue
+            unit = "slide" if ev.stage == "encode" else "fold"
+            bar = bars.get(ev.stage) or bars.setdefault(ev.stage, tqdm(total=ev.total, unit=unit, desc=ev.stage))
+            bar.update(ev.done - bar.n)
+            if ev.metrics:
+                bar.set_postfix({k: f"{v:.3f}" for k, v in ev.metrics.items()})
     for bar in bars.values():
         bar.close()
     text = sys.stderr if args.events_json else sys.stdout  # --events-json: stdout holds only JSON lines

@@ -24,9 +24,12 @@ OUTPUT_SUFFIXES = ("_slide.npy", "_roi.npy", "_regions.csv", "_regions.geojson",
 _FEATURE_SUFFIXES = (".h5", ".hdf5")
 
 
-def feature_files(inputs: Sequence[str | os.PathLike], *, allow_pickle: bool = False) -> list[Path]:
-    """Expand files and folders into a sorted list of feature files (.h5/.hdf5; .npy too with allow_pickle)."""
+def feature_files(inputs: str | os.PathLike | Sequence[str | os.PathLike], *, allow_pickle: bool = False) -> list[Path]:
+    """Expand files and folders (or one of them) into a sorted list of feature files (.h5/.hdf5; .npy too with
+    allow_pickle)."""
     suffixes = _FEATURE_SUFFIXES + ((".npy",) if allow_pickle else ())
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
     out: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -175,34 +178,36 @@ def iter_encode_paths(
 ) -> Iterator[EncodeResult]:
     """Generator form of ``encode_paths``: yields an ``EncodeResult`` per feature file.
 
-    The output folder is checked (and temp files of killed runs removed) before the model is loaded.
+    The output folder is checked and locked (a second encode into it fails with one line while this one runs) and
+    temp files of killed runs removed, before the model is loaded.
     keep_going: a file that fails (unreadable, NaN features, wrong encoder...) gives a result with its
     one-line ``error`` and the next file goes on; otherwise the first failure raises. A full disk always
     raises (every later slide would fail the same way). resume: skip a file whose five outputs exist and
     record the same feature file (sha256) and model (``model_sha256``); its result has no ``written``.
     """
-    from care_core._atomic import check_output_dir, remove_stale_temps
+    from care_core._atomic import check_output_dir, folder_lock, remove_stale_temps
 
     files = feature_files(inputs, allow_pickle=allow_pickle)
     out = check_output_dir(out_dir)
-    stale = remove_stale_temps(out)
-    if stale:
-        warnings.warn(f"{out}: removed {len(stale)} temp file(s) left by killed runs", stacklevel=2)
-    care = resolve_model(model)
-    meta = getattr(care, "checkpoint_meta", None)
-    model_id = model_sha256(care)
-    for i, path in enumerate(files):
-        try:
-            written, note = _encode_one(care, meta, path, out, allow_pickle, model_id if resume else None)
-        except OutputError:
-            raise
-        except Exception as exc:
-            if not keep_going:
+    with folder_lock(out, what="care encode"):  # a second encode into this folder is refused, not interleaved
+        stale = remove_stale_temps(out)
+        if stale:
+            warnings.warn(f"{out}: removed {len(stale)} temp file(s) left by killed runs", stacklevel=2)
+        care = resolve_model(model)
+        meta = getattr(care, "checkpoint_meta", None)
+        model_id = model_sha256(care)
+        for i, path in enumerate(files):
+            try:
+                written, note = _encode_one(care, meta, path, out, allow_pickle, model_id if resume else None)
+            except OutputError:
                 raise
-            kind = "" if isinstance(exc, CareError) else f"{type(exc).__name__}: "
-            yield EncodeResult(i, len(files), path, [], kind + " ".join(str(exc).split()))
-            continue
-        yield EncodeResult(i, len(files), path, written, "", note)
+            except Exception as exc:
+                if not keep_going:
+                    raise
+                kind = "" if isinstance(exc, CareError) else f"{type(exc).__name__}: "
+                yield EncodeResult(i, len(files), path, [], kind + " ".join(str(exc).split()))
+                continue
+            yield EncodeResult(i, len(files), path, written, "", note)
 
 
 def encode_paths(

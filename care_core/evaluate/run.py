@@ -23,15 +23,13 @@ from care_core._atomic import atomic_path
 from care_core.errors import InvalidInputError
 from care_core.evaluate.crossval import FoldResult, fit_head, iter_cross_validate, score, summary_of
 from care_core.evaluate.heads import Head
-from care_core.evaluate.labels import LabelTable, read_labels
+from care_core.evaluate.inputs import EVALUATE_PROTOCOLS, as_paths, check_evaluate_inputs, check_inputs, check_task
+from care_core.evaluate.labels import LabelTable
 from care_core.evaluate.metrics import markdown_table
-from care_core.evaluate.splits import Fold, load_splits, make_splits, save_splits
+from care_core.evaluate.splits import Fold, make_splits, save_splits
 
-__all__ = ["EvaluateEvent", "EVALUATE_PROTOCOLS", "check_evaluate_inputs", "iter_evaluate", "evaluate", "region_table",
-           "write_results"]
-
-EVALUATE_PROTOCOLS = ("lr", "knn", "survival", "abmil", "finetune")
-REGION_PROTOCOLS = ("lr", "knn")  # a region classifier from annotations
+__all__ = ["EvaluateEvent", "EVALUATE_PROTOCOLS", "check_evaluate_inputs", "check_task", "iter_evaluate", "evaluate",
+           "region_table", "write_results"]
 
 
 @dataclass(frozen=True)
@@ -67,22 +65,6 @@ def region_table(cohort, annotations: Mapping[str, Sequence], *, min_fraction: f
                                 "region classifier needs at least two classes: annotate more areas")
     obj = lambda a: np.array(a, dtype=object)  # noqa: E731
     return LabelTable(obj(ids), obj(patients), label=obj(names), source=cohort.labels.source), X
-
-
-def _read_annotation_folder(folder: Path, slides: Sequence[str]) -> dict[str, list]:
-    from care_core.regions import read_annotations
-
-    out = {}
-    for slide in slides:
-        for suffix in (".geojson", ".json", ".xml"):
-            path = folder / f"{slide}{suffix}"
-            if path.is_file():
-                out[slide] = read_annotations(path)
-                break
-    if not out:
-        raise InvalidInputError(f"annotation folder {str(folder)!r} has no <slide>.geojson/.json/.xml for any slide of "
-                                "the labels table; name each annotation file after its slide")
-    return out
 
 
 def _region_splits(table: LabelTable, *, n_folds: int, val: bool, seed: int) -> tuple[list[Fold], str]:
@@ -155,9 +137,7 @@ def _finetune_folds(cohort, folds: list[Fold], model, *, labels, input: str, out
     with atomic_path(listing) as tmp:
         tmp.write_text("".join(f"{Path(p).resolve()}\n" for p in cohort.paths.values()))
     table = cohort.labels
-    for k, fold in enumerate(folds):
-        if not fold.val:
-            raise InvalidInputError("protocol 'finetune' needs validation splits for early stopping; drop --no-val")
+    for k, fold in enumerate(folds):  # every fold has validation slides (checked first)
         cfg = config_from_dict("finetune", {**dict(overrides or {}), "labels": str(labels), "features": str(listing),
                                             "splits": str(work / "splits"), "fold": k, "init": str(init), "input": input,
                                             "seed": seed})
@@ -171,68 +151,6 @@ def _finetune_folds(cohort, folds: list[Fold], model, *, labels, input: str, out
         head.name, head.metrics = f"{name}_fold{k}", {"fold": k, **metrics, "validation": dict(head.metrics)}
         yield FoldResult(k, metrics, {"best_epoch": head.metrics["validation"].get("best_epoch")}, len(fold.train),
                          len(fold.val), len(fold.test), head, list(fold.test), scores)
-
-
-def check_task(table: LabelTable, protocol: str) -> None:
-    """A survival table exactly when the protocol is "survival" (InvalidInputError naming the table otherwise)."""
-    if protocol == "survival" and table.kind != "survival":
-        raise InvalidInputError(f"labels table {table.source!r} has no 'time'/'event' columns; protocol 'survival' needs them")
-    if protocol != "survival" and table.kind == "survival":
-        raise InvalidInputError(f"labels table {table.source!r} is a survival table; use --protocol survival")
-
-
-def check_evaluate_inputs(labels: str | os.PathLike, features: Sequence[str | os.PathLike], *, protocol: str,
-                          n_folds: int = 5, val: bool = True,
-                          annotations: str | os.PathLike | Mapping[str, Sequence] | None = None, model=None,
-                          splits: str | os.PathLike | None = None,
-                          seed: int = 0) -> tuple[LabelTable, list[Fold] | None]:
-    """Check ``iter_evaluate``'s inputs without encoding: the labels table, then only the attributes and shapes
-    of the feature files (a few ms per file, whatever its size; the first call also imports pandas and
-    scikit-learn, about a second). Raises InvalidInputError, FeatureFileError or FeatureMismatchError with one
-    line naming the input and the fix.
-
-    Checked: the protocol; the labels table (readable, two classes, ...) and that it is a survival table exactly
-    when ``protocol`` is "survival"; enough patients for ``n_folds`` folds made with ``seed`` (or the ``splits``
-    folder fits the table); a feature file with patches for every slide, all from one patch encoder (files that
-    do not record theirs are not compared); with ``model`` (a CARE), features that fit it (its input dim; for a
-    checkpoint also its encoder, µm/px and patch size).
-    Returns the labels table and the folds (None for a region classifier without ``splits``: its folds are
-    made over the annotated regions once they are known).
-    """
-    from care_core.evaluate.cohort import match_features
-    from care_core.features import check_compatible
-    from care_core.features.importers import read_feature_header
-    from care_core.model.checkpoint import check_features
-
-    if protocol not in EVALUATE_PROTOCOLS:
-        raise InvalidInputError(f"protocol={protocol!r} is not one of {EVALUATE_PROTOCOLS}")
-    region_task = annotations is not None
-    if region_task and protocol not in REGION_PROTOCOLS:
-        raise InvalidInputError(f"a region classifier from annotations uses protocol 'lr' or 'knn', not {protocol!r}")
-    table = read_labels(labels, slides_only=region_task)
-    check_task(table, protocol)
-    folds = load_splits(splits, table) if splits is not None else None
-    if folds is None and not region_task:
-        folds = make_splits(table, n_folds=n_folds, val=val, seed=seed)
-    headers = {slide: read_feature_header(path) for slide, path in match_features(table, features).items()}
-    for slide, h in headers.items():
-        if h.n_patches == 0:
-            raise InvalidInputError(f"feature file {h.source!r} has no patches (a slide without tissue); drop slide "
-                                    f"{slide!r} from the labels table")
-    by_encoder: dict[str, str] = {}  # encoder -> its first file; files that do not record one are not compared
-    for h in headers.values():
-        if h.encoder:
-            by_encoder.setdefault(h.encoder, Path(h.source).name)
-    if len(by_encoder) > 1:
-        shown = ", ".join(f"{e!r} ({name})" for e, name in sorted(by_encoder.items()))
-        raise InvalidInputError(f"the feature files mix patch encoders {shown}; use one encoder per cohort")
-    meta = getattr(model, "checkpoint_meta", None)
-    for h in headers.values() if model is not None else ():
-        if meta is not None:
-            check_features(meta, h)
-        else:
-            check_compatible(h, dim=model.config.input_dim)
-    return table, folds
 
 
 def _final_probe_kw(protocol: str, results: list[FoldResult]) -> tuple[dict, str]:
@@ -264,25 +182,29 @@ def _final_head(protocol: str, X: Mapping[str, np.ndarray], table: LabelTable, r
     return head
 
 
-def iter_evaluate(labels: str | os.PathLike, features: Sequence[str | os.PathLike], *, model=None, protocol: str = "lr",
-                  input: str = "slide", out_dir: str | os.PathLike, splits: str | os.PathLike | None = None,
-                  n_folds: int = 5, val: bool = True, seed: int = 0,
+def iter_evaluate(labels: str | os.PathLike, features: str | os.PathLike | Sequence[str | os.PathLike], *, model=None,
+                  protocol: str = "lr", input: str = "slide", out_dir: str | os.PathLike,
+                  splits: str | os.PathLike | None = None, n_folds: int = 5, val: bool = True, seed: int = 0,
                   annotations: str | os.PathLike | Mapping[str, Sequence] | None = None,
-                  finetune: Mapping | None = None, final_head: bool = False) -> Iterator[EvaluateEvent]:
+                  finetune: Mapping | str | os.PathLike | None = None, final_head: bool = False) -> Iterator[EvaluateEvent]:
     """Generator form of ``evaluate``; yields EvaluateEvent and returns the results dict.
 
-    model: a CARE (or None for ``input="mean"`` / ``protocol="abmil"``). input: "slide", "roi" or "mean"
+    labels: the labels table file. features: a folder of .h5 files, one file, or a list of files / folders.
+    model: a CARE checkpoint path or a CARE (None for ``input="mean"`` / ``protocol="abmil"``). input: "slide", "roi" or "mean"
     (with ``annotations``: ignored, the inputs are region embeddings). annotations: a folder of
     ``<slide>.geojson`` (QuPath) / ``.xml`` (ASAP) files or {slide: [(polygon, class), ...]}: trains a region
     classifier. splits: a folder of split CSVs to reuse (otherwise made by patient, ``n_folds``, ``seed``).
-    protocol "finetune": fine-tunes ``model`` per fold through the trainer; ``finetune`` overrides its config
-    (``care_core.train.config.FinetuneConfig``: epochs, lr, patience, ...; the paper's values by default).
+    protocol "finetune": fine-tunes ``model`` per fold through the trainer; ``finetune`` (a config file or a
+    mapping) overrides its config (``care_core.train.config.FinetuneConfig``: epochs, lr, patience, ...; the
+    paper's values by default).
     final_head: after the folds, also fit the protocol's head on every labelled sample (lr, knn, survival and
     region classifiers; hyper-parameters from the folds' choices) and save it as ``heads/<name>_all``.
-    The inputs are checked first with ``check_evaluate_inputs``.
+    Every input is checked first (``check_evaluate_inputs``: annotation files and fine-tuning overrides too), before
+    any slide is encoded or anything is written.
     """
-    from care_core._atomic import check_output_dir
+    from care_core._atomic import check_output_dir, folder_lock
     from care_core.evaluate.cohort import iter_load_cohort
+    from care_core.model.checkpoint import load_checkpoint
 
     if input not in ("slide", "roi", "mean"):
         raise InvalidInputError(f"input={input!r} is not one of ('slide', 'roi', 'mean')")
@@ -296,76 +218,74 @@ def iter_evaluate(labels: str | os.PathLike, features: Sequence[str | os.PathLik
         raise InvalidInputError("protocol 'finetune' fine-tunes a CARE on slide labels: give --model (or --untrained) "
                                 "and --input slide or roi, without --annotations")
     uses_model = region_task or (input != "mean" and protocol != "abmil")
-    table, folds = check_evaluate_inputs(labels, features, protocol=protocol, n_folds=n_folds, val=val,
-                                         annotations=annotations, model=model if uses_model else None, splits=splits,
-                                         seed=seed)
+    checked = check_inputs(labels, features, protocol=protocol, n_folds=n_folds, val=val, annotations=annotations,
+                           model=model if uses_model else None, splits=splits, seed=seed, finetune=finetune, input=input)
+    table, folds = checked.table, checked.folds
+    if isinstance(model, (str, os.PathLike)):
+        model = load_checkpoint(model)
     check_output_dir(out_dir)  # a folder that cannot be written fails before the encoding
-    need_model = model if uses_model and protocol != "finetune" else None
-    yield EvaluateEvent("encode", 0, len(table), "inputs checked")
-    gen = iter_load_cohort(table, features, need_model)
-    while True:
-        try:
-            done, total, slide = next(gen)
-        except StopIteration as stop:
-            cohort = stop.value
-            break
-        yield EvaluateEvent("encode", done, total, slide)
+    with folder_lock(out_dir, what="care evaluate"):  # one evaluation writes into a folder at a time
+        need_model = model if uses_model and protocol != "finetune" else None
+        yield EvaluateEvent("encode", 0, len(table), "inputs checked")
+        gen = iter_load_cohort(table, as_paths(features), need_model)
+        while True:
+            try:
+                done, total, slide = next(gen)
+            except StopIteration as stop:
+                cohort = stop.value
+                break
+            yield EvaluateEvent("encode", done, total, slide)
 
-    kind = "region" if region_task else input
-    name = f"{Path(labels).stem}_{'region' if region_task else protocol}_{kind}"
-    if region_task:
-        polys = (_read_annotation_folder(Path(annotations), table.slides.tolist())
-                 if isinstance(annotations, (str, os.PathLike)) else dict(annotations))
-        unknown = sorted(set(polys) - set(table.slides.tolist()))
-        if unknown:
-            raise InvalidInputError(f"annotations for slide(s) {unknown[:10]} that are not in labels table {str(labels)!r}")
-        eval_table, X = region_table(cohort, polys)
-        if folds is not None:
-            folds, grouping = _region_folds(folds, eval_table), "patient"
+        kind = "region" if region_task else input
+        name = f"{Path(labels).stem}_{'region' if region_task else protocol}_{kind}"
+        if region_task:
+            eval_table, X = region_table(cohort, checked.annotations)
+            if folds is not None:
+                folds, grouping = _region_folds(folds, eval_table), "patient"
+            else:
+                folds, grouping = _region_splits(eval_table, n_folds=n_folds, val=val, seed=seed)
+            made_splits = splits is None
+            fold_iter = iter_cross_validate(X, eval_table, folds, "knn" if protocol == "knn" else "lr",
+                                            input_kind="region", name=name)
         else:
-            folds, grouping = _region_splits(eval_table, n_folds=n_folds, val=val, seed=seed)
-        made_splits = splits is None
-        fold_iter = iter_cross_validate(X, eval_table, folds, "knn" if protocol == "knn" else "lr",
-                                        input_kind="region", name=name)
-    else:
-        grouping = "patient"
-        eval_table, made_splits = table, splits is None
-        if protocol == "abmil":
-            fold_iter = _abmil_folds(cohort, folds, name=name)
-        elif protocol == "finetune":
-            fold_iter = _finetune_folds(cohort, folds, model, labels=labels, input=input, out_dir=out_dir, seed=seed,
-                                        overrides=finetune, name=name)
-        else:
-            fold_iter = iter_cross_validate(cohort.inputs(input), table, folds, protocol, input_kind=input, name=name)
-    def stamp(head: Head) -> None:  # what the head's inputs came from
-        head.model_sha256 = "" if kind == "mean" else cohort.model_sha256
-        head.encoder = cohort.encoder
-        head.extra = {"labels": str(labels), "task": eval_table.kind}
+            grouping = "patient"
+            eval_table, made_splits = table, splits is None
+            if protocol == "abmil":
+                fold_iter = _abmil_folds(cohort, folds, name=name)
+            elif protocol == "finetune":
+                fold_iter = _finetune_folds(cohort, folds, model, labels=labels, input=input, out_dir=out_dir, seed=seed,
+                                            overrides=checked.finetune, name=name)
+            else:
+                fold_iter = iter_cross_validate(cohort.inputs(input), table, folds, protocol, input_kind=input, name=name)
+        def stamp(head: Head) -> None:  # what the head's inputs came from
+            head.model_sha256 = "" if kind == "mean" else cohort.model_sha256
+            head.encoder = cohort.encoder
+            head.extra = {"labels": str(labels), "task": eval_table.kind}
 
-    results: list[FoldResult] = []
-    for res in fold_iter:
-        if res.head is not None and protocol != "finetune":  # a fine-tuned head names its own fine-tuned CARE
-            stamp(res.head)
-        results.append(res)
-        yield EvaluateEvent("fold", res.fold + 1, len(folds), f"fold {res.fold}", res.metrics)
-    summary = {
-        "protocol": protocol, "input": kind, "task": eval_table.kind, "labels": str(labels),
-        "classes": list(eval_table.classes), "n_samples": len(eval_table), "n_folds": len(folds), "folds_by": grouping,
-        "model_sha256": "" if kind == "mean" else cohort.model_sha256, "encoder": cohort.encoder,
-        "summary": summary_of(results),
-        "folds": [{"fold": r.fold, "metrics": r.metrics, "params": r.params, "n_train": r.n_train, "n_val": r.n_val,
-                   "n_test": r.n_test} for r in results],
-    }
-    final = None
-    if final_head:
-        cv = {k: v["mean"] for k, v in summary["summary"].items()}
-        final = _final_head(protocol, X if region_task else cohort.inputs(input), eval_table, results,
-                            name=f"{name}_all", input_kind=kind, cv=cv)
-        stamp(final)
-        summary["final_head"] = str(Path(out_dir) / "heads" / f"{final.name}.safetensors")
-    summary["written"] = [str(p) for p in write_results(out_dir, summary, results, eval_table,
-                                                        folds if made_splits else None, final_head=final)]
-    return summary
+        results: list[FoldResult] = []
+        for res in fold_iter:
+            if res.head is not None and protocol != "finetune":  # a fine-tuned head names its own fine-tuned CARE
+                stamp(res.head)
+            results.append(res)
+            yield EvaluateEvent("fold", res.fold + 1, len(folds), f"fold {res.fold}", res.metrics)
+        summary = {
+            "protocol": protocol, "input": kind, "task": eval_table.kind, "labels": str(labels),
+            "classes": list(eval_table.classes), "n_samples": len(eval_table), "n_folds": len(folds), "folds_by": grouping,
+            "model_sha256": "" if kind == "mean" else cohort.model_sha256, "encoder": cohort.encoder,
+            "summary": summary_of(results),
+            "folds": [{"fold": r.fold, "metrics": r.metrics, "params": r.params, "n_train": r.n_train, "n_val": r.n_val,
+                       "n_test": r.n_test} for r in results],
+        }
+        final = None
+        if final_head:
+            cv = {k: v["mean"] for k, v in summary["summary"].items()}
+            final = _final_head(protocol, X if region_task else cohort.inputs(input), eval_table, results,
+                                name=f"{name}_all", input_kind=kind, cv=cv)
+            stamp(final)
+            summary["final_head"] = str(Path(out_dir) / "heads" / f"{final.name}.safetensors")
+        summary["written"] = [str(p) for p in write_results(out_dir, summary, results, eval_table,
+                                                            folds if made_splits else None, final_head=final)]
+        return summary
 
 
 def write_results(out_dir: str | os.PathLike, summary: dict, results: list[FoldResult], table: LabelTable,
