@@ -10,7 +10,8 @@ import pytest
 
 from care_core.errors import CheckpointError
 from care_core.model import CARE, load_checkpoint, save_checkpoint
-from care_core.model.checkpoint import _meta_sha256
+from care_core.model.pair import meta_sha256
+from pair_edit import edit_json
 
 SMALL = dict(input_dim=16, embed_dim=32, heads=4, spf_dim=16, k=4)
 
@@ -22,14 +23,6 @@ def ckpt(tmp_path):
     return path, tmp_path / "m.json"
 
 
-def _edit(json_path, change, *, resign: bool = False) -> None:
-    raw = json.loads(json_path.read_text())
-    change(raw)
-    if resign:
-        raw["sha256"] = _meta_sha256(raw)
-    json_path.write_text(json.dumps(raw))
-
-
 @pytest.mark.parametrize("change", [
     lambda r: r["config"].update(input_dim=32),
     lambda r: r["config"].update(k=8),
@@ -39,9 +32,9 @@ def _edit(json_path, change, *, resign: bool = False) -> None:
 ])
 def test_edited_config_fails_the_hash(ckpt, change):
     path, json_path = ckpt
-    _edit(json_path, change)
-    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(json_path))}: its config or feature fields do not "
-                                              "match its sha256 \\(edited after saving\\?\\)"):
+    edit_json(json_path, change)
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(json_path))}: its fields do not match its sha256 "
+                                              "\\(edited after saving\\?\\)"):
         load_checkpoint(path)
 
 
@@ -55,7 +48,7 @@ def test_edited_config_fails_the_hash(ckpt, change):
 ])
 def test_ill_typed_fields_name_the_file_and_the_field(ckpt, change, said):
     path, json_path = ckpt
-    _edit(json_path, change, resign=True)
+    edit_json(json_path, change, resign=True)
     with pytest.raises(CheckpointError, match=rf"^{re.escape(str(json_path))}: {re.escape(said)}"):
         load_checkpoint(path)
 
@@ -72,7 +65,7 @@ def test_truncated_tensor_file(ckpt):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))} has sha256 .* one is corrupt \(truncated copy\?\)"):
         load_checkpoint(path)
-    _edit(json_path, lambda r: r.update(tensors_sha256=__import__("hashlib").sha256(path.read_bytes()).hexdigest()),
+    edit_json(json_path, lambda r: r.update(tensors_sha256=__import__("hashlib").sha256(path.read_bytes()).hexdigest()),
           resign=True)  # even a file whose hashes agree cannot be read
     with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))} is not a readable safetensors file"):
         load_checkpoint(path)
@@ -84,7 +77,7 @@ def test_tensors_of_another_shape(ckpt, tmp_path):
     path.write_bytes(other.read_bytes())
     with pytest.raises(CheckpointError, match="has sha256 .* do not belong together"):
         load_checkpoint(path)
-    _edit(json_path, lambda r: r.update(tensors_sha256=json.loads((tmp_path / "other.json").read_text())["tensors_sha256"]),
+    edit_json(json_path, lambda r: r.update(tensors_sha256=json.loads((tmp_path / "other.json").read_text())["tensors_sha256"]),
           resign=True)
     with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))}: tensor shapes do not fit its config \(.*size mismatch"):
         load_checkpoint(path)
@@ -92,7 +85,50 @@ def test_tensors_of_another_shape(ckpt, tmp_path):
 
 def test_older_format_still_loads_with_a_warning(ckpt):
     path, json_path = ckpt
-    _edit(json_path, lambda r: (r.update(format="care-checkpoint/1"), r.pop("sha256")))
-    with pytest.warns(UserWarning, match=r"older checkpoint format 'care-checkpoint/1', whose hash does not cover its config"):
+    edit_json(json_path, lambda r: (r.update(format="care-checkpoint/1"), r.pop("sha256")))
+    with pytest.warns(UserWarning, match=r"older checkpoint format 'care-checkpoint/1', whose hash does not cover its fields"):
         model = load_checkpoint(path)
     assert model.config.k == 4 and model.checkpoint_meta.sha256 == ""
+
+
+def test_a_json_without_its_hash_or_without_the_tensors_hash_is_refused(ckpt):
+    path, json_path = ckpt
+    original = json_path.read_text()
+    edit_json(json_path, lambda r: r.pop("sha256"))
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(json_path))} has no sha256 over its fields, so an edit "
+                                              "would go unnoticed"):
+        load_checkpoint(path)
+    json_path.write_text(original)
+    edit_json(json_path, lambda r: (r.update(format="care-checkpoint/1"), r.pop("sha256"), r.pop("tensors_sha256")))
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(json_path))} records no sha256 of its tensors "
+                                              r"\(tensors_sha256\), so any tensors would load"):
+        load_checkpoint(path)
+    json_path.write_text(original)
+    edit_json(json_path, lambda r: r.update(note="added by hand"))  # a field the hash did not see
+    with pytest.raises(CheckpointError, match="its fields do not match its sha256"):
+        load_checkpoint(path)
+
+
+def test_non_finite_tensors_are_refused_even_when_the_hashes_agree(ckpt):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from care_core.model.pair import file_sha256
+
+    path, json_path = ckpt
+    state = load_file(str(path))
+    name = sorted(k for k, v in state.items() if v.is_floating_point())[0]
+    state[name] = state[name].clone().fill_(float("nan"))
+    save_file(state, str(path))
+    edit_json(json_path, lambda r: r.update(tensors_sha256=file_sha256(path)), resign=True)  # a NaN run saved as such
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))}: array {name!r} holds NaN or Inf values"):
+        load_checkpoint(path)
+    assert torch.isnan(load_file(str(path))[name]).all()  # the file is left as it was
+
+
+def test_the_shipped_demo_checkpoint_loads_under_the_rule():
+    from care_core.model.checkpoint import DEMO_CHECKPOINT
+
+    raw = json.loads(DEMO_CHECKPOINT.with_suffix(".json").read_text())
+    assert raw["sha256"] == meta_sha256(raw)
+    assert load_checkpoint(DEMO_CHECKPOINT).checkpoint_meta.sha256 == raw["sha256"]

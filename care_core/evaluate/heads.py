@@ -7,6 +7,11 @@ it was trained on (sha256 of the checkpoint tensors, or of an untrained model's 
 encoder it expects. ``Head.predict`` applies it to a ``SlideEncoding``: once to the slide's input and once
 to every region (region embeddings live in the slide embedding's space; for ``mean`` heads each region's
 mean patch feature).
+
+A head pair follows the rule of every JSON + tensors pair (``care_core.model.pair``, as CARE checkpoints): its
+JSON's ``sha256`` covers every field and the tensors' hash, so an edited ``classes`` or ``input_dim`` is refused;
+arrays with NaN or Inf are refused. Heads of the older ``care-head/1`` format (tensors hashed only) still load
+with a warning; one without any hash is refused.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ import numpy as np
 
 from care_core._atomic import atomic_path
 from care_core.errors import HeadError
-from care_core.model.checkpoint import _paths, _sha256  # the same file-pair layout as CARE checkpoints
 from care_core.model.encoding import HeadPrediction, SlideEncoding
+from care_core.model.pair import check_finite, check_meta, check_tensors, pair_paths, seal
 
 __all__ = ["Head", "load_head", "INPUT_KINDS", "HEAD_KINDS"]
 
-FORMAT = "care-head/1"
+FORMAT = "care-head/2"
+_OLD_FORMATS = ("care-head/1",)  # tensors hashed, fields not: loaded with a warning
 INPUT_KINDS = ("slide", "roi", "region", "mean")
 HEAD_KINDS = {"linear": ("coef", "intercept"), "knn": ("mean", "scale", "train_x", "train_y"), "cox": ("coef", "mean")}
 
@@ -64,7 +70,16 @@ class Head:
         if missing:
             raise HeadError(f"head {self.name!r} ({self.kind}) lacks array(s) {missing}; re-save it with `care evaluate`")
         self.classes = tuple(self.classes)
-        self.input_dim = int(self.input_dim or self.arrays["mean" if self.kind != "linear" else "coef"].shape[-1])
+        dim = int(np.shape(self.arrays["mean" if self.kind != "linear" else "coef"])[-1])
+        if self.input_dim and int(self.input_dim) != dim:
+            raise HeadError(f"head {self.name!r} says input_dim={self.input_dim} but its arrays take {dim}-d inputs; "
+                            "re-save it with `care evaluate`")
+        if self.kind == "linear":  # one row per class; a binary model may have one row (scikit-learn's layout)
+            rows, n = int(np.shape(self.arrays["coef"])[0]), len(self.classes)
+            if rows != n and not (n == 2 and rows == 1):
+                raise HeadError(f"head {self.name!r} names {n} classes but its coefficients score {rows}; re-save it "
+                                "with `care evaluate`")
+        self.input_dim = dim
 
     # ------------------------------------------------------------------ applying
     def predict_inputs(self, X: np.ndarray) -> np.ndarray:
@@ -132,17 +147,18 @@ class Head:
 
         from care_core import __version__
 
-        tensors_path, json_path = _paths(path)
+        tensors_path, json_path = pair_paths(path)
         with atomic_path(tensors_path) as tmp:
             save_file({k: np.ascontiguousarray(v) for k, v in self.arrays.items()}, str(tmp), metadata={"format": FORMAT})
         meta = {
             "format": FORMAT, "name": self.name, "kind": self.kind, "input": self.input, "classes": list(self.classes),
             "params": self.params, "protocol": self.protocol, "metrics": self.metrics,
             "model_sha256": self.model_sha256, "encoder": self.encoder, "input_dim": self.input_dim,
-            "extra": self.extra, "tensors_sha256": _sha256(tensors_path), "package_version": __version__,
+            "extra": self.extra, "package_version": __version__,
         }
+        meta = seal(json.loads(json.dumps(meta, default=_json_default, allow_nan=True)), tensors_path)  # hashed as read
         with atomic_path(json_path) as tmp:
-            tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default, allow_nan=True))
+            tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, allow_nan=True))
         return tensors_path
 
 
@@ -157,30 +173,31 @@ def _json_default(value):
 def load_head(path: str | os.PathLike) -> Head:
     """Read a head saved by ``Head.save`` (either file of the pair, or the path without suffix).
 
-    Raises HeadError naming the file when it is missing, not a head, or its tensors do not match the JSON.
+    Raises HeadError naming the file when it is missing, not a head, edited after saving (any field, e.g.
+    ``classes`` or ``input_dim``), without a hash, holds NaN / Inf arrays, or its tensors do not match the JSON.
     """
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    tensors_path, json_path = _paths(path)
+    tensors_path, json_path = pair_paths(path)
     if not json_path.is_file() or not tensors_path.is_file():
         raise HeadError(f"head {json_path.with_suffix('')} not found: a head is a .safetensors + .json pair "
                         "written by `care evaluate`; copy both files")
     try:
         meta = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HeadError(f"head metadata {json_path} is not valid JSON ({exc}); re-save the head") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise HeadError(f"{json_path} is not a head file (format {meta.get('format') if isinstance(meta, dict) else None!r}, "
-                        f"expected {FORMAT!r}); pass a head written by `care evaluate`")
-    digest = _sha256(tensors_path)
-    if meta.get("tensors_sha256") and digest != meta["tensors_sha256"]:
-        raise HeadError(f"{tensors_path} has sha256 {digest[:12]}… but {json_path.name} records "
-                        f"{meta['tensors_sha256'][:12]}…: the files do not belong together or one is corrupt")
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise HeadError(f"head metadata {json_path} is not valid JSON ({type(exc).__name__}); re-save the head") from None
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    if fmt not in (FORMAT, *_OLD_FORMATS):
+        raise HeadError(f"{json_path} is not a head file (format {fmt!r}, expected {FORMAT!r}); pass a head written "
+                        "by `care evaluate`")
+    check_meta(meta, json_path, current=fmt == FORMAT, error=HeadError, what="head")
+    check_tensors(meta["tensors_sha256"], tensors_path, json_path.name, HeadError)
     try:
         arrays = load_file(str(tensors_path))
     except (SafetensorError, OSError) as exc:
         raise HeadError(f"cannot read head tensors {tensors_path} ({exc}); re-save the head") from exc
+    check_finite(arrays, tensors_path, HeadError)
     try:
         return Head(name=meta["name"], kind=meta["kind"], input=meta["input"], classes=tuple(meta["classes"]),
                     arrays=arrays, params=meta.get("params", {}), protocol=meta.get("protocol", ""),
@@ -188,3 +205,5 @@ def load_head(path: str | os.PathLike) -> Head:
                     encoder=meta.get("encoder", ""), input_dim=meta.get("input_dim", 0), extra=meta.get("extra", {}))
     except KeyError as exc:
         raise HeadError(f"{json_path} lacks the field {exc}; re-save the head") from exc
+    except (TypeError, ValueError) as exc:  # a hand-made JSON of the right format with ill-typed fields
+        raise HeadError(f"{json_path}: a field has the wrong type ({exc}); re-save the head") from None

@@ -2,29 +2,28 @@
 
 No pickles: tensors go through safetensors; the JSON records the config, the features the model
 expects (encoder, dimension, µm/px, patch size), the sha256 of the tensor file, the package version and
-``sha256``: one hash over the tensors' hash and every field that shapes the model or its inputs, so an
-edited config is refused like an edited tensor file. Every fault of a checkpoint is a CheckpointError
-naming the file. Files of the older ``care-checkpoint/1`` format (no ``sha256``) still load, with a
-warning that their config is unprotected; re-save them with ``save_checkpoint`` to protect it.
+``sha256``: one hash over the tensors' hash and every other field, so an edited config is refused like an
+edited tensor file (the rule of every JSON + tensors pair, ``care_core.model.pair``; heads follow it too).
+Tensors holding NaN or Inf are refused. Every fault of a checkpoint is a CheckpointError naming the file.
+Files of the older ``care-checkpoint/1`` format (no ``sha256``) still load, with a warning that their config
+is unprotected; re-save them with ``save_checkpoint`` to protect it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from care_core._atomic import atomic_path
 from care_core.errors import CheckpointError
+from care_core.model.pair import check_finite, check_meta, check_tensors, pair_paths, seal
 
 __all__ = ["CheckpointMeta", "save_checkpoint", "load_checkpoint", "read_checkpoint_meta", "check_features", "DEMO_CHECKPOINT"]
 
 FORMAT = "care-checkpoint/2"
 _OLD_FORMATS = ("care-checkpoint/1",)  # tensors hashed, config not: loaded with a warning
-_COVERED = ("format", "config", "input_dim", "encoder", "feature_mpp", "patch_px", "tensors_sha256", "extra")
 DEMO_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "care_demo"  # shipped demo (project's own Stage I)
 
 
@@ -43,27 +42,6 @@ class CheckpointMeta:
     sha256: str = ""  # covers the config, the feature fields and tensors_sha256 ("" in older files)
 
 
-def _paths(path: str | Path) -> tuple[Path, Path]:
-    p = Path(path)
-    if p.suffix in (".safetensors", ".json"):
-        p = p.with_suffix("")
-    return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _meta_sha256(raw: dict) -> str:
-    """sha256 of the covered fields of a checkpoint JSON, in canonical form."""
-    covered = {k: raw.get(k) for k in _COVERED}
-    return hashlib.sha256(json.dumps(covered, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 def save_checkpoint(
     model,
     path: str | Path,
@@ -78,22 +56,20 @@ def save_checkpoint(
 
     from care_core import __version__
 
-    tensors_path, json_path = _paths(path)
+    tensors_path, json_path = pair_paths(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(tensors_path) as tmp:
         save_file(state, tmp, metadata={"format": FORMAT})
-    meta = {
+    meta = seal({
         "format": FORMAT,
         "config": model.config.to_dict(),
         "input_dim": model.config.input_dim,
         "encoder": encoder,
         "feature_mpp": feature_mpp,
         "patch_px": patch_px,
-        "tensors_sha256": _sha256(tensors_path),
         "package_version": __version__,
         "extra": extra or {},
-    }
-    meta["sha256"] = _meta_sha256(meta)
+    }, tensors_path)
     with atomic_path(json_path) as tmp:
         tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
     return tensors_path
@@ -142,7 +118,7 @@ def _fields_error(raw: dict) -> str:
 def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
     """Parse and validate ``<path>.json``: types, the hash over config and tensors hash, a buildable config.
     Raises CheckpointError naming the file."""
-    _, json_path = _paths(path)
+    _, json_path = pair_paths(path)
     if not json_path.is_file():
         raise CheckpointError(f"checkpoint metadata {json_path} not found: a CARE checkpoint is a .safetensors + .json pair")
     try:
@@ -157,14 +133,7 @@ def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
     bad = _fields_error(raw)
     if bad:
         raise CheckpointError(f"{json_path}: {bad}; the file was edited or damaged: re-save the checkpoint")
-    if fmt == FORMAT and raw.get("sha256") != _meta_sha256(raw):
-        raise CheckpointError(
-            f"{json_path}: its config or feature fields do not match its sha256 (edited after saving?); restore the "
-            "original file or re-save the checkpoint with save_checkpoint"
-        )
-    if fmt in _OLD_FORMATS:
-        warnings.warn(f"{json_path}: older checkpoint format {fmt!r}, whose hash does not cover its config; load it "
-                      "and re-save it with save_checkpoint to protect it", stacklevel=3)
+    check_meta(raw, json_path, current=fmt == FORMAT, error=CheckpointError, what="checkpoint")
     from care_core.model.care import CAREConfig
 
     try:  # the config is the one source of the architecture (the top-level input_dim is for people reading the file)
@@ -197,16 +166,11 @@ def load_checkpoint(path: str | Path, *, map_location: str = "cpu"):
 
     from care_core.model.care import CARE
 
-    tensors_path, _ = _paths(path)
+    tensors_path, json_path = pair_paths(path)
     meta = read_checkpoint_meta(path)
     if not tensors_path.is_file():
         raise CheckpointError(f"checkpoint tensors {tensors_path} not found next to its .json; copy both files together")
-    digest = _sha256(tensors_path)
-    if (meta.tensors_sha256 or meta.sha256) and digest != meta.tensors_sha256:
-        raise CheckpointError(
-            f"{tensors_path} has sha256 {digest[:12]}… but its .json records {meta.tensors_sha256[:12] or 'none'}…: "
-            "the files do not belong together or one is corrupt (truncated copy?)"
-        )
+    digest = check_tensors(meta.tensors_sha256, tensors_path, json_path.name, CheckpointError)
     try:
         model = CARE(meta.config)
     except (TypeError, ValueError) as exc:
@@ -215,6 +179,7 @@ def load_checkpoint(path: str | Path, *, map_location: str = "cpu"):
         state = load_file(str(tensors_path), device=map_location)
     except Exception as exc:  # safetensors raises its own error type for truncated or foreign files
         raise CheckpointError(f"{tensors_path} is not a readable safetensors file ({exc}); copy it again") from exc
+    check_finite(state, tensors_path, CheckpointError)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
