@@ -1,5 +1,5 @@
 """The region inspector: slide predictions, the selected region's details, what lies under the cursor, and a
-sortable table of every region. Values come from care_core (region_table, prediction_columns); this
+sortable table of every region. Values come from care_core (region_table) and the heads' predictions; this
 module only formats them."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._form import MIXED_BELOW
 from ._layers import class_color
 
 
@@ -38,6 +39,12 @@ def _area(um2: float | None) -> str:
 
 def _swatch(rgb: tuple[int, int, int]) -> str:
     return f'<span style="color: rgb{tuple(rgb)}">■</span>'
+
+
+def region_call(classes, proba) -> str:
+    """A region's class, or 'mixed (<class> p%)' when its most probable class is under MIXED_BELOW."""
+    top = int(proba.argmax())
+    return classes[top] if proba[top] >= MIXED_BELOW else f"mixed ({classes[top]} {proba[top]:.0%})"
 
 
 class _NumberItem(QTableWidgetItem):
@@ -62,6 +69,7 @@ class InspectorPanel(QWidget):
         self.rows: list[dict] = []
         self.predictions: list = []
         self.pred_columns: dict[str, list] = {}
+        self.heads: dict = {}  # head name -> HeadInfo
         self.selected: int | None = None
         self.roi: int | None = None
         self.slide_summary = wrapping_label("Run CARE on a slide to inspect its regions.")
@@ -95,30 +103,36 @@ class InspectorPanel(QWidget):
         self.table.itemSelectionChanged.connect(self._on_table_selection)
 
     # --- content -----------------------------------------------------------------------------------------
-    def set_encoding(self, encoding, *, model_label: str = "", head_notes: dict | None = None) -> None:
-        """Fill the panel with ``encoding``'s regions and predictions (no region selected yet). head_notes:
-        {head name: its validation metrics} shown beside that head's prediction."""
-        from care_core.regions import prediction_columns, region_table
+    def set_encoding(self, encoding, *, model_label: str = "", heads: dict | None = None) -> None:
+        """Fill the panel with ``encoding``'s regions and predictions (no region selected yet). heads: {head name:
+        HeadInfo} of its heads: their titles, validation notes, and which are region classifiers (those make no
+        slide-level call)."""
+        from care_core.regions import region_table
 
         self.rows = region_table(encoding)
         self.predictions = list(getattr(encoding, "predictions", None) or [])
-        self.pred_columns = prediction_columns(encoding)
+        self.heads = heads or {}
+        self.pred_columns = self._prediction_columns()
         self.roi = int(encoding.roi)
         self.selected = None
         lines = [f"<b>{len(self.rows)} regions</b>; ROI = region {self.roi}" + (f" · {html.escape(model_label)}" if model_label else "")]
-        notes = head_notes or {}
         for pred in self.predictions:
-            note = f" <i>(validation: {html.escape(notes[pred.head])})</i>" if notes.get(pred.head) else ""
-            if pred.classes == ("risk",):
-                lines.append(f"<b>{html.escape(pred.head)}</b>: risk {pred.slide_proba[0]:.2f}{note}")
+            info = self.heads.get(pred.head)
+            note = f" <i>(validation: {html.escape(info.note)})</i>" if info is not None and info.note else ""
+            title = f"<b>{html.escape(self.title(pred.head))}</b>"
+            if info is not None and info.region:
+                lines.append(f"{title}: a class per region (Inspect the table){note}")
+            elif pred.classes == ("risk",):
+                lines.append(f"{title}: risk {pred.slide_proba[0]:.2f}{note}")
             else:
                 probs = ", ".join(f"{html.escape(c)} {p:.0%}" for c, p in zip(pred.classes, pred.slide_proba))
-                lines.append(f"<b>{html.escape(pred.head)}</b>: <b>{html.escape(pred.slide_class)}</b> ({probs}){note}")
+                lines.append(f"{title}: <b>{html.escape(pred.slide_class)}</b> ({probs}){note}")
         if not self.predictions:
             lines.append("no prediction heads loaded")
         self.slide_summary.setText("<br>".join(lines))
         legends = [
-            f"{html.escape(p.head)}: " + " ".join(f"{_swatch(class_color(i))} {html.escape(c)}" for i, c in enumerate(p.classes))
+            f"{html.escape(self.title(p.head))}: " + " ".join(f"{_swatch(class_color(i))} {html.escape(c)}" for i, c in enumerate(p.classes))
+            + f" · <i>mixed</i>: top class under {MIXED_BELOW:.0%}"
             for p in self.predictions if p.region_proba is not None and p.classes != ("risk",)
         ]
         self.legend.setText("<br>".join(legends))
@@ -128,6 +142,27 @@ class InspectorPanel(QWidget):
         self.hover.setText("")
         for b in (self.prev_button, self.next_button, self.roi_button):
             b.setEnabled(True)
+
+    def title(self, head: str) -> str:
+        """A head's readable name."""
+        info = self.heads.get(head)
+        return head if info is None else info.title
+
+    def _prediction_columns(self) -> dict[str, list]:
+        """Per-region table columns of each head: its class (with a 'mixed' mark below MIXED_BELOW) and the
+        probability of each class; a risk head's risk."""
+        cols: dict[str, list] = {}
+        for pred in self.predictions:
+            if pred.region_proba is None:
+                continue
+            name = self.title(pred.head)
+            if pred.classes == ("risk",):
+                cols[f"{name} risk"] = [float(v) for v in pred.region_proba[:, 0]]
+                continue
+            cols[f"{name} class"] = [region_call(pred.classes, p) for p in pred.region_proba]
+            for j, cls in enumerate(pred.classes):
+                cols[f"{name} p({cls})"] = [float(v) for v in pred.region_proba[:, j]]
+        return cols
 
     def _fill_table(self) -> None:
         pred_names = list(self.pred_columns)
@@ -203,10 +238,10 @@ class InspectorPanel(QWidget):
                 continue
             p = pred.region_proba[region_id]
             if pred.classes == ("risk",):
-                parts.append(f"{esc(pred.head)}: risk {p[0]:.2f}")
+                parts.append(f"{esc(self.title(pred.head))}: risk {p[0]:.2f}")
                 continue
             probs = ", ".join(f"{esc(c)} {v:.0%}" for c, v in zip(pred.classes, p))
-            parts.append(f"{esc(pred.head)}: {bold(esc(pred.classes[int(p.argmax())]))} ({probs})")
+            parts.append(f"{esc(self.title(pred.head))}: {bold(esc(region_call(pred.classes, p)))} ({probs})")
         return ("<br>" if rich else " · ").join(parts)
 
     def show_hover(self, region_id: int | None) -> None:

@@ -91,11 +91,12 @@ def outline_layer(geometry, mpp: float, *, name: str, color, kind: str, zoom: fl
 
 
 def region_layers(encoding, mpp: float, *, name: str, tissue_mask: np.ndarray | None = None,
-                  tissue_downsample: float | None = None, zoom: float = 1.0) -> list[LayerData]:
+                  tissue_downsample: float | None = None, zoom: float = 1.0,
+                  head_titles: dict[str, str] | None = None) -> list[LayerData]:
     """CARE's result as layers over the slide: the tissue mask (hidden), π per region (hidden heatmap),
     each head's predicted class per region (hidden), the regions (label = region id + 1, one stable colour
     per region) and the ROI outline. ``name`` prefixes every layer name; ``metadata["care_kind"]`` says
-    what a layer is, so a re-run can replace it."""
+    what a layer is, so a re-run can replace it. ``head_titles``: {head name: readable title} for layer names."""
     from care_core.regions import label_raster, region_color, roi_geometry
     from care_core.regions.export import ROI_COLOR
 
@@ -130,7 +131,7 @@ def region_layers(encoding, mpp: float, *, name: str, tissue_mask: np.ndarray | 
         colormap.update({i + 1: _rgba(class_color(i)) for i in range(len(pred.classes))})
         layers.append((
             classes,
-            {"name": f"{name} {pred.head}", **place, "opacity": 0.5, "visible": False, "colormap": colormap,
+            {"name": f"{name} {(head_titles or {}).get(pred.head, pred.head)}", **place, "opacity": 0.5, "visible": False, "colormap": colormap,
              "metadata": {"care_kind": "class", "head": pred.head, "classes": pred.classes}},
             "labels",
         ))

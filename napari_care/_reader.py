@@ -3,6 +3,7 @@ annotations as a Shapes layer over the open slide."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,8 +28,10 @@ def get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]] | None
     if Path(path).suffix.lower() in _ANNOTATIONS:
         return _annotation_reader(path)
     try:
-        with open_slide(path):  # a cheap check (metadata only); closed again if napari picks another reader
-            pass
+        with warnings.catch_warnings():  # the reader itself says what is missing, in the window's words
+            warnings.simplefilter("ignore")
+            with open_slide(path):  # a cheap check (metadata only); closed again if napari picks another reader
+                pass
     except CareError as exc:
         if Path(path).suffix.lower() in _SLIDE_ONLY:
             return _failing_reader(exc)  # the napari user gets the library's message, not another reader's
@@ -38,7 +41,16 @@ def get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]] | None
 
     def read(_path: str) -> list[LayerData]:
         _scale_bar_on()
-        return [slide_layer(open_slide(path))]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            layer = slide_layer(open_slide(path))
+        for w in caught:  # the library's advice names its argument (mpp=); the window has a field for it
+            message = str(w.message)
+            if "records no pixel size" in message:
+                message = (f"{path}: the file records no pixel size (µm/px); enter the scan's pixel size in the "
+                           "CARE widget's 'slide µm/px' field before Run (e.g. 0.25 for 40x, 0.5 for 20x)")
+            warnings.warn(message, w.category, stacklevel=2)
+        return [layer]
 
     return read
 
@@ -83,6 +95,6 @@ def _scale_bar_on() -> None:
 
     viewer = napari.current_viewer()
     if viewer is not None:
-        from ._widget import show_scale_bar
+        from ._view import show_scale_bar
 
         show_scale_bar(viewer)

@@ -22,54 +22,28 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._form import (
+    DEMO,
+    FILE,
+    UNTRAINED,
+    HeadInfo,
+    checkpoint_sha256,
+    demo_checkpoint,
+    gui_message,
+    head_info,
+    heads_for_model,
+    optional_path,
+)
 from ._inspector import InspectorPanel, wrapping_label
-from ._layers import ROI_SCREEN_PX, annotation_layer, outline_layer, polygon_outlines, region_layers
+from ._layers import annotation_layer
+from ._result_view import ResultView
+from ._view import OUTLINE_PX, camera, show_scale_bar, update_outline_widths, zoom_of
+
+__all__ = ["CareWidget", "DEMO", "FILE", "UNTRAINED", "camera", "gui_message", "show_scale_bar"]
 
 _STAGES = {"tissue": "finding tissue", "features": "patch features", "care": "CARE regions",
            "heads": "predictions", "cache": "reading cached result"}
-DEMO, UNTRAINED, FILE = "demo checkpoint", "untrained (random weights)", "checkpoint file"
-_OUTLINE_PX = {"roi": ROI_SCREEN_PX, "highlight": ROI_SCREEN_PX, "annotations": 2.0}  # screen px per outline kind
-
-
-def camera(viewer):
-    """The viewer's camera (napari 0.9: ``viewer.scene.camera``; before: ``viewer.camera``)."""
-    scene = getattr(viewer, "scene", None)
-    return scene.camera if scene is not None else viewer.camera
-
-
-def show_scale_bar(viewer) -> None:
-    """Switch the µm scale bar on (its units come from the slide layer)."""
-    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
-    (overlays.scale_bar if overlays is not None else viewer.scale_bar).visible = True
-
-
-def demo_checkpoint() -> Path | None:
-    """The shipped demo CARE checkpoint (path without suffix), None when its files are not installed."""
-    from care_core.model.checkpoint import DEMO_CHECKPOINT
-
-    ok = all(DEMO_CHECKPOINT.with_name(DEMO_CHECKPOINT.name + s).is_file() for s in (".safetensors", ".json"))
-    return DEMO_CHECKPOINT if ok else None
-
-
-def gui_message(exc: Exception) -> str:
-    """The library's message, with a fix that names a control of this window where the library names an
-    argument the window does not have."""
-    from care_core import errors
-
-    cause = str(exc).split("; ")[0]
-    fixes = {
-        errors.MissingMppError: "enter the scan's pixel size in 'slide µm/px' and press Run again",
-        errors.NoTissueError: "lower 'min tissue' and press Run again, or check that the slide holds tissue",
-        errors.FeatureMismatchError: "choose a CARE checkpoint made for this patch encoder, or 'untrained'",
-        errors.CheckpointError: "choose another file in 'CARE checkpoint', or 'untrained'",
-        errors.HeadError: "choose heads trained for this checkpoint and encoder in 'prediction heads', or none",
-    }
-    if isinstance(exc, errors.InvalidInputError) and "patch_px" in str(exc):
-        return f"{cause}; change 'patch size px' or 'patch µm/px' (0 = automatic)"
-    for kind, fix in fixes.items():
-        if isinstance(exc, kind):
-            return f"{cause}; {fix}"
-    return str(exc)
+MPP_DECIMALS = 6  # 'slide µm/px' shows and takes the scan's pixel size to 6 decimals
 
 
 class CareWidget(QWidget):
@@ -88,15 +62,14 @@ class CareWidget(QWidget):
         self.cache = ResultCache.default()
         self.worker = None
         self.showing = False  # True while a result's layers are being added
-        self.result = None  # the last SlideResult shown
-        self.layers: dict[str, object] = {}  # care_kind -> layer of the shown result
+        self.view = ResultView(napari_viewer)
         self._stop = threading.Event()
-        self._slide = None  # the slide layer of the shown result
 
         demo = demo_checkpoint()
         self.slide = ComboBox(label="slide", choices=self._slide_layers, nullable=False)
         self.slide_mpp = FloatSpinBox(label="slide µm/px", value=0.0, min=0.0, max=100.0, step=0.001,
                                       tooltip="level-0 pixel size of the scan; 0 = as the file records it")
+        self.slide_mpp.native.setDecimals(MPP_DECIMALS)
         self.encoder = ComboBox(label="patch encoder", choices=list_encoders(), value="stain-texture")
         self.weights = FileEdit(label="encoder weights", mode="r", value="",
                                 tooltip="weight file of a foundation encoder (stain-texture needs none)")
@@ -107,7 +80,6 @@ class CareWidget(QWidget):
         self.seed = SpinBox(label="untrained seed", value=0, min=0, max=2**31 - 1)
         self.heads = FileEdit(label="prediction heads", mode="rm", value=(), filter="*.safetensors",
                               tooltip="heads saved by care evaluate, care finetune or the Train CARE widget (optional)")
-        self.head_notes: dict[str, str] = {}  # head name -> its validation metrics (heads trained in this window)
         self.heads_label = wrapping_label()
         self.target_mpp = FloatSpinBox(label="patch µm/px", value=0.0, min=0.0, max=100.0, step=0.05,
                                        tooltip="0 = what the checkpoint was trained on, else what the encoder expects")
@@ -134,19 +106,20 @@ class CareWidget(QWidget):
         self._update_checkpoint_fields()
         self._update_cache_label()
 
-        self.run_button.clicked.connect(self.run)
+        self.run_button.clicked.connect(lambda: self.run())
         self.cancel_button.clicked.connect(self.cancel)
         self.clear_cache_button.clicked.connect(self.clear_cache)
         self.export_button.clicked.connect(self._ask_export)
         self.import_button.clicked.connect(self._ask_import)
         self.checkpoint.changed.connect(self._update_checkpoint_fields)
+        self.heads.changed.connect(self._update_heads_label)
         self.slide.changed.connect(self._on_slide_changed)
         self.inspector.region_selected.connect(lambda rid: self.select_region(rid, center=True))
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self.slide.reset_choices)
         napari_viewer.mouse_drag_callbacks.append(self._on_mouse_press)
         napari_viewer.mouse_move_callbacks.append(self._on_mouse_move)
-        camera(napari_viewer).events.zoom.connect(self._update_outline_widths)
+        camera(napari_viewer).events.zoom.connect(lambda _e: update_outline_widths(napari_viewer))
         napari_viewer.bind_key("Alt-Right", lambda _v: self.inspector.step(+1), overwrite=True)
         napari_viewer.bind_key("Alt-Left", lambda _v: self.inspector.step(-1), overwrite=True)
         show_scale_bar(napari_viewer)
@@ -183,6 +156,16 @@ class CareWidget(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.tabs)
 
+    @property
+    def result(self):
+        """The SlideResult shown (None before the first Run)."""
+        return self.view.result
+
+    @property
+    def layers(self) -> dict:
+        """care kind (+ head name) -> layer of the shown result."""
+        return self.view.layers
+
     def busy(self) -> bool:
         """A run is in flight or its result is still being put on screen."""
         return self.worker is not None or self.showing
@@ -196,14 +179,43 @@ class CareWidget(QWidget):
         mpp = None if layer is None else layer.metadata.get("mpp")
         self.slide_mpp.value = 0.0 if mpp is None else float(mpp)
 
+    def slide_mpp_value(self) -> float | None:
+        """The level-0 µm/px to run with: the file's exact value while the field shows it (the field holds 6
+        decimals), else what the user typed; None when both are unknown."""
+        typed = self.slide_mpp.value or None
+        layer = self.slide.value
+        recorded = None if layer is None else layer.metadata.get("mpp")
+        if recorded is not None and (typed is None or abs(typed - recorded) < 0.5 * 10 ** -MPP_DECIMALS):
+            return float(recorded)
+        return typed
+
     def _update_checkpoint_fields(self, *_args) -> None:
         self.model.visible = self.checkpoint.value == FILE
         self.seed.visible = self.checkpoint.value == UNTRAINED
 
+    def head_paths(self) -> list[Path]:
+        """The heads listed under 'prediction heads'."""
+        return [Path(p) for p in (self.heads.value or ()) if optional_path(p) is not None]
+
+    def set_heads(self, heads) -> None:
+        """List ``heads`` (paths to .safetensors or without suffix) under 'prediction heads'."""
+        self.heads.value = [Path(h).with_suffix(".safetensors") for h in heads]
+        self._update_heads_label()
+
+    def head_infos(self) -> dict[str, HeadInfo]:
+        """{head name: HeadInfo} of the listed heads."""
+        return {info.name: info for info in map(head_info, self.head_paths())}
+
+    def _update_heads_label(self, *_args) -> None:
+        notes = [f"<b>{html.escape(i.title)}</b>: {html.escape(i.note)}" for i in self.head_infos().values() if i.note]
+        self.heads_label.setText("<br>".join(notes))
+        self.heads_label.setVisible(bool(notes))
+
     def add_trained(self, care: str | Path | None, head: str | Path | None = None) -> None:
         """Offer a freshly trained result (the Train widget calls this when a job ends): ``care`` becomes the
         checkpoint (the demo's own path selects 'demo checkpoint'; None: an untrained CARE, as the head was
-        trained on) and ``head`` is added to 'prediction heads', its validation metrics shown under it."""
+        trained on) and ``head`` joins 'prediction heads'. Heads trained on another CARE model leave the list:
+        a new CARE takes only heads trained on it."""
         demo = demo_checkpoint()
         if care is None:
             self.checkpoint.value = UNTRAINED
@@ -212,14 +224,10 @@ class CareWidget(QWidget):
         else:
             self.checkpoint.value = FILE
             self.model.value = Path(care).with_suffix(".safetensors")
-        if head is not None:
-            heads = [Path(p) for p in (self.heads.value or ()) if str(p) not in ("", ".")]
-            new = Path(head).with_suffix(".safetensors")
-            self.heads.value = [*[h for h in heads if h != new], new]
-            name, note = head_note(new)
-            self.head_notes[name] = note
-            self.heads_label.setText("<br>".join(f"<b>{html.escape(k)}</b>: {html.escape(v)}"
-                                                 for k, v in self.head_notes.items()))
+        new = None if head is None else Path(head).with_suffix(".safetensors")
+        sha = head_info(new).model_sha256 if new is not None else checkpoint_sha256(optional_path(care))
+        kept = heads_for_model([h for h in self.head_paths() if h != new], sha)
+        self.set_heads([*kept, *([new] if new is not None else [])])
 
     def _model_choice(self) -> tuple[Path | None, str]:
         """(checkpoint path or None for untrained, a label for it)."""
@@ -229,8 +237,8 @@ class CareWidget(QWidget):
                 return demo, "demo checkpoint"
             self.status.setText("demo checkpoint not installed: running an untrained CARE (seed 0)")
             return None, "untrained (seed 0)"
-        if self.checkpoint.value == FILE and _optional_path(self.model.value) is not None:
-            path = _optional_path(self.model.value)
+        if self.checkpoint.value == FILE and optional_path(self.model.value) is not None:
+            path = optional_path(self.model.value)
             return path, path.stem
         return None, f"untrained (seed {self.seed.value})"
 
@@ -245,10 +253,11 @@ class CareWidget(QWidget):
         self._update_cache_label()
 
     # --- run ---------------------------------------------------------------------------------------------
-    def run(self) -> None:
-        """Start the pipeline on the chosen slide in a worker thread."""
-        from care_core.pipeline import iter_slide_pipeline
-
+    def run(self, slide: Image | None = None) -> None:
+        """Start the pipeline on ``slide`` (default: the one chosen in 'slide'; another is chosen there first)
+        in a worker thread, which also builds the result's layer data."""
+        if slide is not None:
+            self.slide.value = slide
         layer = self.slide.value
         if layer is None:
             self.status.setText("open a slide first (File → Open, or File → Open Sample → napari CARE)")
@@ -256,18 +265,19 @@ class CareWidget(QWidget):
         if self.worker is not None:
             return
         model, model_label = self._model_choice()
-        heads = [Path(p) for p in (self.heads.value or ()) if str(p) not in ("", ".")]
-        mpp = self.slide_mpp.value or None
+        mpp = self.slide_mpp_value()
         self._stop = threading.Event()
-        worker = create_worker(
-            iter_slide_pipeline, layer.metadata["path"], encoder=self.encoder.value,
-            weights=_optional_path(self.weights.value), model=model, untrained_seed=self.seed.value, heads=heads,
-            mpp=mpp, target_mpp=self.target_mpp.value or None, patch_px=self.patch_px.value or None,
-            min_tissue=self.min_tissue.value, device=self.device.value, cache=self.cache, stop=self._stop,
-            _start_thread=False, _ignore_errors=True,  # errors go to _on_error only, never re-raised on the Qt thread
-        )
+        infos = self.head_infos()
+        kwargs = dict(encoder=self.encoder.value, weights=optional_path(self.weights.value), model=model,
+                      untrained_seed=self.seed.value, heads=[i.path for i in infos.values()], mpp=mpp,
+                      target_mpp=self.target_mpp.value or None, patch_px=self.patch_px.value or None,
+                      min_tissue=self.min_tissue.value, device=self.device.value, cache=self.cache, stop=self._stop)
+        view, titles = self.view, {name: i.title for name, i in infos.items()}
+        placed = _Placed(layer.name, mpp, layer.metadata.get("path"))
+        worker = create_worker(_run_and_prepare, view, placed, titles, kwargs,
+                               _start_thread=False, _ignore_errors=True)  # errors go to _on_error only
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda result: self._on_done(layer, result, model_label, mpp))
+        worker.returned.connect(lambda done: self._on_done(layer, done, model_label, mpp, infos))
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self.worker = worker
@@ -288,17 +298,18 @@ class CareWidget(QWidget):
         self.progress.setValue(step.done)
         self.status.setText(f"{_STAGES.get(step.stage, step.stage)}: {step.done} / {step.total}")
 
-    def _on_done(self, layer: Image, result, model_label: str, mpp: float | None) -> None:
-        if result is None:
+    def _on_done(self, layer: Image, done, model_label: str, mpp: float | None, infos: dict) -> None:
+        if done is None:
             self.status.setText("cancelled")
             self.progress.setRange(0, 1)
             self.progress.setValue(0)
             return
-        if layer.metadata.get("mpp") is None and mpp is not None:  # the slide gets the µm/px the user gave
+        result, new_layers = done
+        if layer.metadata.get("mpp") != mpp and mpp is not None:  # the slide gets the µm/px the user gave
             layer.metadata["mpp"] = mpp
             layer.scale = (mpp, mpp)
             layer.units = ("µm", "µm")
-        self.show_result(layer, result, model_label, staged=True)
+        self.show_result(layer, result, model_label, staged=True, new_layers=new_layers, heads=infos)
         t = result.timings
         how = "from the cache" if result.cached else f"in {sum(t.values()):.1f} s"
         enc = result.encoding
@@ -320,13 +331,18 @@ class CareWidget(QWidget):
         self.cancel_button.setEnabled(False)
 
     # --- result as layers --------------------------------------------------------------------------------
-    def show_result(self, layer: Image, result, model_label: str = "", *, staged: bool = False) -> None:
+    def show_result(self, layer: Image, result, model_label: str = "", *, staged: bool = False,
+                    new_layers: list | None = None, heads: dict[str, HeadInfo] | None = None) -> None:
         """Show ``result`` as this slide's CARE layers (updated in place on a re-run) and fill the inspector.
 
-        staged: add one layer per turn of the Qt event loop (napari needs about half a second to create a
-        layer's visual; spread out, the window keeps answering in between). ``result_shown`` tells when done.
+        new_layers: the layer data, when a worker built it already. heads: {head name: HeadInfo} of its heads.
+        staged: add one layer per turn of the Qt event loop (napari needs a while to create a layer's visual;
+        spread out, the window keeps answering in between). ``result_shown`` tells when done.
         """
-        steps = self._show_steps(layer, result, model_label)
+        heads = self.head_infos() if heads is None else heads
+        if new_layers is None:
+            new_layers = self.view.prepare(layer, result, {n: i.title for n, i in heads.items()})
+        steps = self._show_steps(layer, result, model_label, new_layers, heads)
         self.showing = True
         if not staged:
             for _ in steps:
@@ -345,30 +361,11 @@ class CareWidget(QWidget):
 
         next_step()
 
-    def _show_steps(self, layer: Image, result, model_label: str):
-        mpp = layer.metadata["mpp"]
-        enc = result.encoding
-        if self._slide is None or self._slide.name != layer.name:  # another slide: only the highlight moves over
-            self.layers = {k: v for k, v in self.layers.items() if k == "highlight"}
-        new_layers = region_layers(enc, mpp, name=layer.name, tissue_mask=result.tissue_mask,
-                                   tissue_downsample=result.tissue_downsample, zoom=camera(self.viewer).zoom)
-        self._slide = layer
-        self.result = result
-        self.select_region(None)
-        yield "prepared"
-        keys = []
-        for data, kwargs, kind in new_layers:
-            meta = kwargs["metadata"] = {**kwargs["metadata"], "care_source": layer.name}
-            if meta["care_kind"] == "regions":
-                meta.update(care_encoding=enc, model=model_label)
-            keys.append(meta["care_kind"] + meta.get("head", ""))
-            self.layers[keys[-1]] = self._put_layer(data, kwargs, kind)
-            yield keys[-1]
-        for key in [k for k in self.layers if k not in keys and k != "highlight"]:  # e.g. a head no longer loaded
-            old = self.layers.pop(key)
-            if old in self.viewer.layers:
-                self.viewer.layers.remove(old)
-        self.inspector.set_encoding(enc, model_label=model_label, head_notes=self.head_notes)
+    def _show_steps(self, layer: Image, result, model_label: str, new_layers: list, heads: dict):
+        self.inspector.show_region(None)
+        yield from self.view.put(layer, result, new_layers, model_label)
+        self.view.highlight(None)
+        self.inspector.set_encoding(result.encoding, model_label=model_label, heads=heads)
         self.export_button.setEnabled(True)
         yield "inspector"
         self.viewer.layers.selection.active = self.layers["regions"]  # napari builds its layer controls here
@@ -378,63 +375,19 @@ class CareWidget(QWidget):
         self.result_shown.emit()
         yield "done"
 
-    def _put_layer(self, data, kwargs: dict, kind: str):
-        """Update this slide's layer of the same CARE kind in place, or add it. (Removing a napari layer runs a
-        full garbage collection, a second or more with torch loaded, so layers are reused.)"""
-        meta = kwargs["metadata"]
-        for old in self.viewer.layers:
-            same = old.metadata.get("care_source") == meta["care_source"] and old.metadata.get("care_kind") == meta["care_kind"]
-            if same and old.metadata.get("head") == meta.get("head") and old._type_string == kind:
-                break
-        else:
-            return getattr(self.viewer, f"add_{kind}")(data, **kwargs)
-        if kind == "shapes":
-            set_outline(old, data, kwargs["edge_width"], kwargs["edge_color"][0])
-        else:
-            old.data = data
-            for key in ("scale", "translate", "colormap", "contrast_limits"):
-                if key in kwargs:
-                    setattr(old, key, kwargs[key])
-        old.metadata = meta
-        return old
-
     def region_at(self, world_position) -> int | None:
         """Region id under a world (µm) position, None off the regions."""
-        regions = self.layers.get("regions")
-        if regions is None or regions not in self.viewer.layers:
-            return None
-        row, col = (int(round(v)) for v in regions.world_to_data(world_position)[-2:])  # works while hidden too
-        if not (0 <= row < regions.data.shape[0] and 0 <= col < regions.data.shape[1]):
-            return None
-        value = int(regions.data[row, col])
-        return value - 1 if value > 0 else None
+        return self.view.region_at(world_position)
 
     def select_region(self, region_id: int | None, *, center: bool = False) -> None:
-        """Highlight ``region_id`` (a white outline), show it in the inspector, optionally centre the view on it."""
-        from care_core.regions import region_geometry
-
+        """Highlight ``region_id`` (a white outline), show it in the inspector, optionally centre the view on a
+        patch of it."""
         self.inspector.show_region(region_id)
         if self.result is None:
             return
-        mpp = self._slide.metadata["mpp"]
-        zoom = camera(self.viewer).zoom
-        geometry = None if region_id is None else region_geometry(self.result.encoding, region_id)
-        highlight = self.layers.get("highlight")
-        if highlight is not None and highlight in self.viewer.layers:
-            data = [] if geometry is None else polygon_outlines(geometry, mpp)
-            set_outline(highlight, data, _OUTLINE_PX["highlight"] / zoom, (1.0, 1.0, 1.0, 1.0))
-        elif geometry is not None:
-            data, kwargs, _ = outline_layer(geometry, mpp, name=f"{self._slide.name} selected",
-                                            color=(255, 255, 255), kind="highlight", zoom=zoom)
-            kwargs["metadata"]["care_source"] = self._slide.name
-            active = self.viewer.layers.selection.active
-            self.layers["highlight"] = self.viewer.add_shapes(data, **kwargs)
-            if active is not None:
-                self.viewer.layers.selection.active = active
+        self.view.highlight(region_id)
         if center and region_id is not None:
-            row = self.inspector.rows[region_id]
-            cam = camera(self.viewer)
-            cam.center = (*cam.center[:-2], row["centroid_y_level0"] * mpp, row["centroid_x_level0"] * mpp)
+            self.view.centre_on(region_id)
 
     def go_to_roi(self) -> None:
         """Select the ROI and centre the view on it."""
@@ -450,19 +403,12 @@ class CareWidget(QWidget):
         while event.type == "mouse_move":
             moved = True
             yield
-        if not moved or max(abs(a - b) for a, b in zip(start, event.position)) * camera(self.viewer).zoom < 3:
+        if not moved or max(abs(a - b) for a, b in zip(start, event.position)) * zoom_of(self.viewer) < 3:
             self.select_region(self.region_at(event.position))
 
     def _on_mouse_move(self, _viewer, event) -> None:
         if self.result is not None:
             self.inspector.show_hover(self.region_at(event.position))
-
-    def _update_outline_widths(self, *_args) -> None:
-        zoom = max(camera(self.viewer).zoom, 1e-9)
-        for layer in self.viewer.layers:
-            px = _OUTLINE_PX.get(layer.metadata.get("care_kind"))
-            if px is not None and layer.nshapes:
-                layer.edge_width = px / zoom
 
     # --- files -------------------------------------------------------------------------------------------
     def _ask_export(self) -> None:
@@ -477,9 +423,10 @@ class CareWidget(QWidget):
         if self.result is None:
             self.status.setText("nothing to export yet: press Run CARE first")
             return None
-        enc, stem = self.result.encoding, Path(self._slide.metadata["path"]).stem
+        slide = self.view.slide
+        enc, stem = self.result.encoding, Path(slide.metadata["path"]).stem
         worker = create_worker(export_regions, enc, Path(folder), stem, formats=tuple(formats or EXPORT_FORMATS),
-                               slide_mpp=self._slide.metadata["mpp"], _start_thread=False, _ignore_errors=True)
+                               slide_mpp=slide.metadata["mpp"], _start_thread=False, _ignore_errors=True)
         worker.returned.connect(lambda written: self.status.setText(
             f"exported {', '.join(p.name for p in written.values())} to {folder}"))
         worker.errored.connect(self._on_error)
@@ -509,7 +456,7 @@ class CareWidget(QWidget):
             self._on_error(exc)
             return None
         data, kwargs, _ = annotation_layer(annotations, mpp, name=Path(path).name)
-        kwargs["edge_width"] = _OUTLINE_PX["annotations"] / max(camera(self.viewer).zoom, 1e-9)
+        kwargs["edge_width"] = OUTLINE_PX["annotations"] / zoom_of(self.viewer)
         if layer is not None:  # the slide they belong to (a region classifier trained from the window needs it)
             kwargs["metadata"]["care_source"] = Path(layer.metadata["path"]).stem
         shapes = self.viewer.add_shapes(data, **kwargs)
@@ -517,30 +464,25 @@ class CareWidget(QWidget):
         return shapes
 
 
-def set_outline(layer, rings: list, edge_width: float, edge_color) -> None:
-    """Replace a Shapes layer's polygons by ``rings`` (outlines only), keeping the layer."""
-    import numpy as np
+class _Placed:
+    """What the worker needs of the slide layer to build the result's layers (no napari layer off the Qt
+    thread): its name and pixel size."""
 
-    layer.data = [(ring, "polygon") for ring in rings]
-    if rings:
-        layer.edge_width = edge_width
-        layer.edge_color = np.tile(np.asarray(edge_color, float), (len(rings), 1))
-        layer.face_color = "transparent"
+    def __init__(self, name: str, mpp: float | None, path) -> None:
+        self.name, self.metadata = name, {"mpp": mpp, "path": path}
 
 
-def head_note(path: str | Path) -> tuple[str, str]:
-    """(head name, one line of its validation metrics: a probe's cross-validated means, a fine-tune's best
-    validation scores) from the head's .json."""
-    import json
+def _run_and_prepare(view: ResultView, slide: _Placed, titles: dict, kwargs: dict):
+    """The pipeline on ``slide`` (yields its progress), then the result's layer data, both in the worker:
+    (SlideResult, layer-data tuples), or None when cancelled."""
+    from care_core.pipeline import iter_slide_pipeline
 
-    try:
-        meta = json.loads(Path(path).with_suffix(".json").read_text())
-    except (OSError, ValueError):
-        return Path(path).stem, ""
-    metrics = meta.get("metrics") or {}
-    metrics = metrics.get("cv", metrics)
-    shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return str(meta.get("name") or Path(path).stem), ", ".join(f"{k} {v:.3g}" for k, v in list(shown.items())[:5])
+    result = yield from iter_slide_pipeline(slide.metadata["path"], **kwargs)
+    if result is None:
+        return None
+    if slide.metadata["mpp"] is None:
+        slide.metadata["mpp"] = result.encoding.meta.get("slide_mpp")
+    return result, view.prepare(slide, result, titles)
 
 
 def _preload() -> None:
@@ -550,9 +492,3 @@ def _preload() -> None:
 
     import care_core.features  # noqa: F401
     import care_core.model.care  # noqa: F401  torch
-
-
-def _optional_path(value) -> Path | None:
-    """FileEdit's value, or None when the field is empty."""
-    return Path(value) if str(value) not in ("", ".") else None
-

@@ -178,16 +178,6 @@ def test_no_slide_open(make_napari_viewer, cache_dir):
     assert widget.status.text().startswith("open a slide first")
 
 
-def test_no_tissue_message_names_a_control(make_napari_viewer, qtbot, tmp_path, cache_dir):
-    path = write_generic_pyramid(tmp_path / "blank.tif", np.full((1024, 1024, 3), 245, np.uint8), n_levels=2, mpp=0.5)
-    viewer = make_napari_viewer()
-    viewer.open(str(path), plugin="napari-care")
-    widget = _widget(viewer)
-    widget.run_button.click()
-    _wait(qtbot, widget, 60_000)
-    assert "'min tissue'" in widget.status.text() and "min_tissue" not in widget.status.text()
-
-
 def test_every_message_names_a_control_of_the_window():
     from care_core import errors
     from napari_care._widget import gui_message

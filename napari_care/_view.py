@@ -1,0 +1,84 @@
+"""The viewer around the slide: its camera, the µm scale bar (and the units every layer needs for it), and
+outlines that stay a fixed number of screen pixels wide whatever the zoom."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._layers import ROI_SCREEN_PX
+
+OUTLINE_PX = {"roi": ROI_SCREEN_PX, "highlight": ROI_SCREEN_PX, "annotations": 2.0}  # screen px per outline kind
+
+
+def camera(viewer):
+    """The viewer's camera (napari 0.9: ``viewer.scene.camera``; before: ``viewer.camera``)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
+def zoom_of(viewer) -> float:
+    """Screen px per world unit (µm over a slide with a pixel size)."""
+    return max(float(camera(viewer).zoom), 1e-9)
+
+
+def scale_bar(viewer):
+    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
+    return overlays.scale_bar if overlays is not None else viewer.scale_bar
+
+
+def show_scale_bar(viewer) -> None:
+    """Switch the µm scale bar on, bottom left (notifications pop up bottom right), and keep its units: every
+    layer added later without units gets the slide's µm (napari drops the units of a mixed-unit scene)."""
+    bar = scale_bar(viewer)
+    bar.visible = True
+    bar.position = "bottom_left"
+    if not getattr(viewer, "_care_keeps_units", False):
+        viewer.layers.events.inserted.connect(lambda event: give_slide_units(viewer, event.value))
+        viewer._care_keeps_units = True
+
+
+def give_slide_units(viewer, layer) -> None:
+    """A layer added over a slide in µm without units of its own (napari's new Shapes / Points / Labels layer)
+    gets µm; an empty one also gets the slide's scale, so what is drawn lands where it is drawn."""
+    slide = next((lyr for lyr in viewer.layers if lyr.metadata.get("path") and lyr.metadata.get("mpp")), None)
+    if slide is None or layer is slide or layer.metadata.get("path"):
+        return
+    units = tuple(str(u) for u in layer.units[-2:])
+    if units == tuple(str(u) for u in slide.units[-2:]) or any(u not in ("pixel", "px") for u in units):
+        return
+    if _is_empty(layer) and np.allclose(layer.scale[-2:], 1.0):
+        layer.scale = (*layer.scale[:-2], *slide.scale[-2:])
+    layer.units = (*layer.units[:-2], *slide.units[-2:])
+
+
+def _is_empty(layer) -> bool:
+    data = layer.data
+    if layer._type_string in ("shapes", "points", "vectors", "tracks"):
+        return len(data) == 0
+    return False
+
+
+def set_outline(layer, rings: list, edge_width: float, edge_color) -> None:
+    """Replace a Shapes layer's polygons by ``rings`` (outlines only), keeping the layer."""
+    layer.data = [(ring, "polygon") for ring in rings]
+    if rings:
+        set_edge_width(layer, edge_width)
+        layer.edge_color = np.tile(np.asarray(edge_color, float), (len(rings), 1))
+        layer.face_color = "transparent"
+
+
+def set_edge_width(layer, width: float) -> None:
+    """Every shape's edge ``width`` (world units), redrawn now: napari's setter stores the width but leaves
+    the drawn outline as it was until something else redraws the layer."""
+    if layer.nshapes and not np.allclose(layer.edge_width, width):
+        layer.edge_width = width
+        layer.events.edge_width()
+
+
+def update_outline_widths(viewer) -> None:
+    """Keep each CARE outline layer (ROI, selected region, imported annotations) ``OUTLINE_PX`` screen px wide."""
+    zoom = zoom_of(viewer)
+    for layer in viewer.layers:
+        px = OUTLINE_PX.get(layer.metadata.get("care_kind"))
+        if px is not None and layer._type_string == "shapes":
+            set_edge_width(layer, px / zoom)
