@@ -137,30 +137,28 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _untrained_model(inputs: list[Path], seed: int, allow_pickle: bool):
-    """A randomly initialised CARE (seed `seed`) of the released config; when the features are not the released
-    input dim (768, CONCH v1.5), of their dim instead, and a note on stderr says so. The dim is that of the
-    first readable feature file; files of another dim then fail one by one."""
+    """A randomly initialised CARE (seed `seed`) of the demo checkpoint's architecture (the released config when the
+    demo is not installed), sized to the features: the input dim and encoder of the first readable feature file;
+    files of another dim then fail one by one. A note on stderr says what was built."""
     from care_core.encode import feature_files
     from care_core.errors import FeatureFileError
     from care_core.features import load_features
-    from care_core.model import CARE, CAREConfig
+    from care_core.model import untrained_care
 
     files, errors = feature_files(inputs, allow_pickle=allow_pickle), []
     for path in files:
         try:
-            dim = load_features(path, allow_pickle=allow_pickle).dim
+            pf = load_features(path, allow_pickle=allow_pickle)
             break
         except CareError as exc:
             errors.append(str(exc))
     else:
         raise FeatureFileError(f"none of the {len(files)} feature files can be read to size an untrained CARE "
                                f"(first: {errors[0]})")
-    released = CAREConfig().input_dim
-    how = "the released config" if dim == released else (
-        f"the released config but input_dim={dim} from {path.name} (the released one takes {released}-d features)")
+    model, how = untrained_care(seed, pf.dim, encoder=pf.encoder or "")
     print(f"note: untrained CARE (random weights, seed {seed}) of {how}: its regions are close to the k×k squares",
           file=sys.stderr)
-    return CARE.from_seed(seed, input_dim=dim)
+    return model
 
 
 def _encode_model(args: argparse.Namespace):
@@ -230,10 +228,10 @@ def _show_training(args: argparse.Namespace, run_dir: Path) -> None:
     """Run ``care pretrain|finetune``, showing its events as a bar (or JSON lines with --events-json)."""
     from tqdm import tqdm
 
-    from care_core.train.trainer import pretrain
+    from care_core.train.trainer import train
 
     bar = None
-    for ev in pretrain(run_dir, stage=args.stage, config=args.config, resume=args.resume is not None):
+    for ev in train(args.config, run_dir, stage=args.stage, resume=args.resume is not None):
         if args.events_json:  # after a closed pipe training goes on: metrics.jsonl keeps the record
             _print_event(ev)
         elif ev.kind == "start":

@@ -120,8 +120,8 @@ def iter_slide_pipeline(
 ):
     """Encode one slide with CARE; yields `PipelineProgress`, returns a `SlideResult` (None when stopped).
 
-    model: a CARE checkpoint, or None for an untrained released-config CARE (random weights,
-    `untrained_seed`) sized to the features. heads: saved heads (``care_core.evaluate.load_head``) whose
+    model: a CARE checkpoint, or None for an untrained CARE of the demo checkpoint's architecture (random weights,
+    `untrained_seed`; ``care_core.model.untrained_care``) sized to the features. heads: saved heads (``care_core.evaluate.load_head``) whose
     predictions go into ``encoding.predictions``. target_mpp / patch_px: the patch grid, by default what the
     checkpoint was trained on, else what the encoder expects. device: "auto", "cpu" or "cuda[:N]" for the
     patch encoder and CARE. cache: where results are kept (None: no cache). A checkpoint that cannot take
@@ -131,7 +131,7 @@ def iter_slide_pipeline(
     from care_core.errors import InvalidInputError
     from care_core.features import PatchFeatures, get_encoder, get_encoder_spec, iter_extract, load_features
     from care_core.features.registry import resolve_device
-    from care_core.model import CARE
+    from care_core.model import untrained_care
     from care_core.model.checkpoint import check_features, load_checkpoint
     from care_core.model.encoding import SlideEncoding
     from care_core.wsi import detect_tissue, open_slide, patch_grid
@@ -219,7 +219,7 @@ def iter_slide_pipeline(
     t = time.perf_counter()
     yield PipelineProgress("care", 0, 1)
     if care is None:
-        care = CARE.from_seed(untrained_seed, input_dim=features.dim)
+        care, _ = untrained_care(untrained_seed, features.dim, encoder=features.encoder or "")
     care.to(device)
     encoding = care.encode(features)
     encoding.meta.update(slide_size_level0=list(slide_size), slide_mpp=slide_mpp,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from care_core.cli import main
+from care_core.model.checkpoint import DEMO_CHECKPOINT, read_checkpoint_meta
 
 
 def test_info_prints_levels_mpp_tissue_and_patches(small_sample, capsys):
@@ -43,7 +44,8 @@ def test_synth_extract_encode(tmp_path, capsys):
 
     enc = tmp_path / "enc"
     assert main(["encode", str(feats), "--untrained", "0", "--out", str(enc)]) == 0
-    assert np.load(enc / "s_slide.npy").shape == (512,)
+    width = read_checkpoint_meta(DEMO_CHECKPOINT).config["embed_dim"]  # untrained: the demo checkpoint's architecture
+    assert np.load(enc / "s_slide.npy").shape == (width,)
     geo = json.loads((enc / "s_regions.geojson").read_text())
     assert geo["type"] == "FeatureCollection" and len(geo["features"]) >= 1
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 import care_core.encode as encode
 from care_core.cli import main
@@ -60,16 +61,30 @@ def test_encode_goes_on_past_bad_files_and_exits_1(tmp_path, capsys):
                                "model expects 16-d")
     assert lines[4].startswith("e.h5: e_slide.npy")
     assert lines[5] == f"5 feature files (2 encoded, 0 skipped, 3 failed) → {out}"
-    assert "note: untrained CARE (random weights, seed 0) of the released config but input_dim=16 from a.h5 (the " \
-           "released one takes 768-d features)" in io.err
+    assert "note: untrained CARE (random weights, seed 0) of the architecture of the demo checkpoint at input_dim=16" \
+        in io.err
     assert "Traceback" not in io.err
     assert _outputs(out) == {s: sorted(f"{s}{suffix}" for suffix in OUTPUT_SUFFIXES) for s in ("a", "e")}
 
 
-def test_untrained_on_768_d_features_is_the_released_config(tmp_path, capsys):
+def test_untrained_builds_the_demo_checkpoints_architecture(tmp_path, capsys):
+    """Untrained versus demo compares training only: the same architecture (and, for the demo's own encoder and
+    width, the same input standardisation); without the demo installed, the released config."""
+    from care_core.model import CARE, load_checkpoint, untrained_care
+    from care_core.model.checkpoint import DEMO_CHECKPOINT
+
+    demo = load_checkpoint(DEMO_CHECKPOINT)
     write_features(tmp_path / "a.h5", n_cols=3, n_rows=2, dim=768)
     assert main(["encode", str(tmp_path / "a.h5"), "--untrained", "3", "--out", str(tmp_path / "o")]) == 0
-    assert "note: untrained CARE (random weights, seed 3) of the released config: " in capsys.readouterr().err
+    assert "note: untrained CARE (random weights, seed 3) of the architecture of the demo checkpoint at input_dim=768" \
+        in capsys.readouterr().err
+    assert np.load(tmp_path / "o" / "a_slide.npy").shape == (demo.config.embed_dim,)
+    model, how = untrained_care(3, demo.config.input_dim, encoder=demo.checkpoint_meta.encoder)
+    assert how == "the architecture of the demo checkpoint"
+    assert model.config == demo.config and torch.equal(model.feature_std, demo.feature_std)
+    assert not torch.equal(model.proj_in.weight, demo.proj_in.weight)
+    released, how = untrained_care(3, 768, like=tmp_path / "missing")
+    assert how == "the released config" and released.config == CARE(input_dim=768).config
 
 
 @pytest.mark.parametrize("precheck", [True, False])

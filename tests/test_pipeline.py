@@ -9,10 +9,12 @@ import pytest
 
 from care_core.errors import FeatureMismatchError
 from care_core.model import CARE
-from care_core.model.checkpoint import save_checkpoint
+from care_core.model.checkpoint import DEMO_CHECKPOINT, read_checkpoint_meta, save_checkpoint
 from care_core.pipeline import PipelineProgress, ResultCache, SlideResult, iter_slide_pipeline
 
 pytestmark = pytest.mark.filterwarnings("ignore:grid patches are 256 px")  # small patches keep the test fast
+
+DEMO_WIDTH = read_checkpoint_meta(DEMO_CHECKPOINT).config["embed_dim"]  # what an untrained CARE is built as
 
 
 def _run(gen):
@@ -33,7 +35,7 @@ def test_progress_stages_and_result(small_sample):
     feature_steps = [s for s in steps if s.stage == "features"]
     n = feature_steps[-1].total
     assert feature_steps[-1].done == n and [s.done for s in feature_steps] == sorted(s.done for s in feature_steps)
-    assert enc.patch_region.shape == (n,) and enc.slide_embedding.shape == (512,)
+    assert enc.patch_region.shape == (n,) and enc.slide_embedding.shape == (DEMO_WIDTH,)  # the demo's architecture
     assert enc.patch_size_level0 == 256 and enc.meta["encoder"] == "stain-texture"
     assert enc.meta["slide_size_level0"] == [3072, 2048] and enc.meta["slide_mpp"] == 0.5
     assert enc.meta["model"] == "untrained (seed 0)" and enc.predictions == []
@@ -89,7 +91,7 @@ def test_heads_predict_each_region_and_are_cached(small_sample, tmp_path):
     from care_core.errors import HeadError
     from care_core.evaluate import Head
 
-    coef = np.zeros((2, 512))
+    coef = np.zeros((2, DEMO_WIDTH))
     coef[1, 0] = 1.0  # class "b" scores the first embedding dimension
     head_path = Head(name="kind", kind="linear", input="slide", classes=("a", "b"),
                      arrays={"coef": coef, "intercept": np.array([0.0, np.log(3.0)])}).save(tmp_path / "kind")

@@ -23,6 +23,7 @@ _WHERE = {
     "load_checkpoint": "checkpoint",
     "read_checkpoint_meta": "checkpoint",
     "check_features": "checkpoint",
+    "untrained_care": "untrained",
     "AuthorsModelAdapter": "hub_adapter",
     "load_authors_model": "hub_adapter",
 }
