@@ -174,6 +174,17 @@ def test_cohort_in_one_call_loads_for_stage_two(tmp_path):
     t = patch_truth(pf.coords, pf.patch_size_level0, slide_file_mask := tmp_path / "c" / rows[0]["slide"].replace(".svs", "_mask.tif"))
     assert [int(r["compartment"]) for r in patch_rows] == t.compartment.tolist() and slide_file_mask.is_file()
     assert [[int(r["x"]), int(r["y"])] for r in patch_rows] == pf.coords.tolist()
+    from care_core.evaluate.region_targets import patch_labels_from_polygons
+    from care_core.model import SlideEncoding
+    from care_core.regions import read_annotations
+
+    outlines = read_annotations(tmp_path / "c" / "annotations" / f"{Path(rows[0]['features']).stem}.geojson")
+    assert {a.classification for a in outlines} <= set(COMPARTMENTS.values())
+    probe = SlideEncoding(np.zeros(1, np.float32), coords=pf.coords, patch_size_level0=pf.patch_size_level0)
+    drawn = patch_labels_from_polygons(probe, outlines)
+    tissue = t.compartment > 0
+    agree = np.mean([d == COMPARTMENTS[int(c)] for d, c in zip(drawn[tissue], t.compartment[tissue])])
+    assert agree >= 0.95  # the outlines name the compartment under almost every patch centre
     slide_file = tmp_path / "c" / rows[0]["slide"]
     before = slide_file.stat().st_mtime_ns
     write_synthetic_cohort(tmp_path / "c", 3, seed=2, width_px=1024, height_px=768, features=True, workers=1,

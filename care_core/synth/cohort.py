@@ -13,6 +13,8 @@ Layout of `out_dir`:
                                    molecular: til_signature.csv, tls_signature.csv (measured RNA signature above the
                                    cohort median: high / low); survival.csv (slide, time, event, patient)
     truth/<slide stem>.csv         per patch (with features): x, y (level-0 corner), compartment, structure (centre rule)
+    annotations/<slide stem>.geojson  the compartments outlined as classified QuPath polygons (level-0 px), as a
+                                   pathologist would annotate them (`care evaluate --annotations`, QuPath, napari)
     cohort.csv                     slide, features, sample_id, patient (paths relative to out_dir), written last
 
 Slide i of cohort `seed` has slide seed `seed * 10000 + i`, so cohorts of different seeds never share a slide
@@ -83,6 +85,18 @@ def _write_labels(out_dir: Path, stems: list[str], patients: list[str], fraction
                ((s, f"{t:.2f}", e, p) for s, t, e, p in zip(stems, time, event, patients)))
 
 
+def _write_annotations(out_dir: Path, slides: list) -> None:
+    """annotations/<stem>.geojson: each slide's compartments as QuPath polygons (`synth.truth.compartment_annotations`)."""
+    from care_core.regions.export import annotations_to_geojson
+    from care_core.synth.truth import compartment_annotations, read_mask
+
+    for s in slides:
+        mask, ds = read_mask(s.mask_path)
+        geo = annotations_to_geojson(compartment_annotations(mask, ds))
+        with atomic_path(out_dir / "annotations" / f"{s.slide_path.stem}.geojson") as tmp:
+            tmp.write_text(json.dumps(geo))
+
+
 def _write_truth(out_dir: Path, slides: list) -> None:
     """truth/<stem>.csv: each patch's level-0 corner, compartment and structure (`synth.truth.patch_truth`)."""
     from care_core.features import load_features
@@ -149,9 +163,10 @@ def write_synthetic_cohort(out_dir: str | os.PathLike, n_slides: int, *, seed: i
                 for stem, sid, pid, s, frac, area in zip(stems, sample_ids, patients, seeds, fractions, structure_mm2)))
     _write_labels(out_dir, stems, patients, fractions, structure_mm2,
                   signature_scores(prof.rna, prof.genes, prof.signatures), int(seed))
+    _write_annotations(out_dir, slides)
     if features:
         _write_truth(out_dir, slides)
-    say("labels and ground truth: labels/, truth/")
+    say("labels and ground truth: labels/, annotations/" + (", truth/" if features else ""))
     table = out_dir / "cohort.csv"
     _write_csv(table, ["slide", "features", "sample_id", "patient"],
                ([f"slides/{stem}.svs", f"features/{stem}.h5", sid, pid] for stem, sid, pid in zip(stems, sample_ids, patients)))

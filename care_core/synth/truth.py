@@ -16,8 +16,8 @@ import numpy as np
 
 from care_core.wsi.patches import mask_values_at_centres
 
-__all__ = ["PatchTruth", "patch_compartments", "patch_truth", "read_mask", "read_structures", "RegionPurity",
-           "region_purity", "left_own_square"]
+__all__ = ["PatchTruth", "compartment_annotations", "patch_compartments", "patch_truth", "read_mask", "read_structures",
+           "RegionPurity", "region_purity", "left_own_square"]
 
 
 def patch_compartments(coords: np.ndarray, patch_size_level0: int, mask: np.ndarray, mask_downsample: int) -> np.ndarray:
@@ -63,6 +63,32 @@ def patch_truth(coords: np.ndarray, patch_size_level0: int, mask_path: str | Pat
     mask, ds = read_mask(mask_path)
     structure = mask_values_at_centres(coords, patch_size_level0, read_structures(mask_path), ds)
     return PatchTruth(patch_compartments(coords, patch_size_level0, mask, ds), np.maximum(structure, 0))
+
+
+def compartment_annotations(mask: np.ndarray, mask_downsample: int, *, min_area_px: int = 4) -> list:
+    """The compartments of a mask as a pathologist's outlines: one classified polygon (level-0 px) per connected
+    area of at least `min_area_px` mask px (its outer boundary; an area inside it is a smaller polygon of its own,
+    and the smallest polygon containing a point names its class)."""
+    import shapely
+    from skimage import measure
+
+    from care_core.regions.shapes import Annotation
+    from care_core.synth.tissue import COMPARTMENTS
+
+    out = []
+    for value, name in COMPARTMENTS.items():
+        areas = measure.label(mask == value, connectivity=1)
+        for prop in measure.regionprops(areas):
+            if prop.area < min_area_px:
+                continue
+            r0, c0, r1, c1 = prop.bbox
+            padded = np.pad(prop.image, 1)
+            ring = max(measure.find_contours(padded.astype(np.uint8), 0.5), key=len)
+            xy = np.stack([ring[:, 1] + c0 - 1 + 0.5, ring[:, 0] + r0 - 1 + 0.5], axis=1) * mask_downsample
+            poly = shapely.make_valid(shapely.Polygon(xy))
+            if not poly.is_empty and poly.area > 0:
+                out.append(Annotation(poly, name))
+    return out
 
 
 @dataclass(frozen=True)
