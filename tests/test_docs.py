@@ -196,6 +196,29 @@ def test_every_block_is_marked() -> None:
     assert any(b.kind == "run" for b in ALL_BLOCKS)
 
 
+def test_read_blocks_takes_the_marker_on_the_line_before(tmp_path) -> None:
+    """A marker counts on the last non-blank line before the fence; an indented block (in a list item) loses its
+    indent; a block with no marker, or a marker further up, is unmarked."""
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Top\n\n<!-- docs-test: run -->\n```bash\necho a\n```\n\n## Sub\n- item:\n\n"
+                   "  <!-- docs-test: skip GUI: opens a window -->\n  ```bash\n  napari x\n    y\n  ```\n\n"
+                   "<!-- docs-test: run -->\nprose between\n```python\nprint(1)\n```\n")
+    run, skip, unmarked = read_blocks(doc)
+    assert (run.kind, run.line, run.lang, run.heading, run.text) == ("run", 4, "bash", "Top", "echo a\n")
+    assert (skip.kind, skip.arg, skip.line, skip.heading, skip.text) == ("skip", "GUI: opens a window", 12, "Sub",
+                                                                        "napari x\n  y\n")
+    assert (unmarked.kind, unmarked.lang) == ("", "python")
+
+
+def test_a_failing_block_names_its_place_and_output(tmp_path) -> None:
+    """A block that exits non-zero fails with its file:line, its text and the end of its output."""
+    block = Block(ROOT / "README.md", 7, "bash", "run", "", "Quick start", "echo about to fail\nfalse\necho never\n")
+    with pytest.raises(AssertionError) as err:
+        _check(block, _execute(block, tmp_path))
+    assert str(err.value).startswith("README.md:7 (Quick start) exited 1:\necho about to fail\nfalse\n")
+    assert str(err.value).endswith("--- output ---\nabout to fail\n")
+
+
 def test_readme_menu_names_match_the_manifest() -> None:
     """The menu paths README names are the ones napari.yaml gives napari."""
     import yaml
