@@ -175,3 +175,17 @@ def test_one_run_per_output_folder_and_a_killed_holder_is_taken_over(cohort, tmp
     assert sorted(p.name for p in out.iterdir()) == sorted(f"s0{s}" for s in
                                                            ("_slide.npy", "_roi.npy", "_regions.csv",
                                                             "_regions.geojson", "_encoding.npz"))
+
+
+def test_the_fine_tune_trainer_form_takes_either_task(cohort, tmp_path):
+    """protocol=None (what `care finetune` passes): a survival table is accepted, the same file checks apply."""
+    from care_core.evaluate.inputs import check_inputs
+
+    tmp, feats, ckpt = cohort
+    surv = tmp_path / "surv.csv"
+    surv.write_text("slide,time,event\n" + "".join(f"s{i},{i + 1},{i % 2}\n" for i in range(10)))
+    checked = check_inputs(surv, sorted(feats.glob("*.h5")), protocol=None, n_folds=3, model=ckpt)
+    assert checked.table.kind == "survival" and len(checked.folds) == 3 and len(checked.features) == 10
+    folder = _copy_with(feats, tmp_path, lambda p: _features(p, dim=12))
+    with pytest.raises(InvalidInputError, match=r"s4.h5' holds 12-d features"):
+        check_inputs(surv, folder, protocol=None, n_folds=3)
