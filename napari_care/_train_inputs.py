@@ -80,13 +80,18 @@ def default_features_dir(encoder: str, mpp: float, patch_px: int) -> Path:
     return care_cache_dir() / "features" / f"{safe}-{mpp:g}um-{patch_px}px"
 
 
+COMPANIONS = ("_mask", "_structures", "_labels", "-mask")  # <slide>_mask.tif etc.: rasters beside a slide, not slides
+
+
 def slide_files(folder: Path | None, files=()) -> dict[str, Path]:
-    """{name: path} of the slide files listed and of those in ``folder`` (by suffix)."""
+    """{name: path} of the slide files listed and of those in ``folder`` (by suffix; a ``<slide>_mask.tif``
+    beside ``<slide>.svs``, as ``care synth`` writes it, is the slide's mask, not a slide)."""
     out: dict[str, Path] = {}
     if folder is not None and folder.is_dir():
-        for p in sorted(folder.iterdir()):
-            if p.suffix.lower() in SLIDE_SUFFIXES and p.is_file():
-                out[p.stem] = p
+        found = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in SLIDE_SUFFIXES and p.is_file()}
+        for stem, p in found.items():
+            if not any(stem.endswith(c) and stem[: -len(c)] in found for c in COMPANIONS):
+                out[stem] = p
     for p in files:
         out[Path(p).stem] = Path(p)
     return out
@@ -215,7 +220,14 @@ def _plan_labelled(plan: JobPlan, inputs: JobInputs) -> JobPlan:
     if job == PROBE:
         check_task(table, inputs.hyper.get("protocol", "lr"))
     # too few patients (or one class) for the folds: the library says so; a fine-tune trains on one of these
-    folds = None if region else make_splits(table, n_folds=n_folds, seed=inputs.seed)
+    try:
+        folds = None if region else make_splits(table, n_folds=n_folds, seed=inputs.seed)
+    except InvalidInputError as exc:
+        if job != FINETUNE:
+            raise
+        # a fine-tune always splits its slides into the trainer's folds (no folds control): say what helps
+        raise InvalidInputError(str(exc).split("; ")[0] + "; a fine-tune holds out one fold of "
+                                f"{n_folds} by patient: add slides to that class, or merge it with another") from None
     features = _plan_features(plan, inputs, table.slides.tolist())
     model_args = ["--model", str(inputs.model)] if inputs.model is not None else ["--untrained", str(inputs.seed)]
     labels = str(run / "labels.csv")

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import napari
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, SpinBox
-from qtpy.QtCore import QEvent, QObject, QPointF, Qt, QTimer
-from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -21,6 +20,7 @@ from qtpy.QtWidgets import (
     QMessageBox,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -29,7 +29,9 @@ from qtpy.QtWidgets import (
 
 from care_core.errors import InvalidInputError
 
+from ._form import head_info
 from ._inspector import wrapping_label
+from ._train_progress import LossPlot, earlier_part_s, eta_text, last_checkpoint_step, metrics_text, plot_metrics_file
 from ._train_inputs import (
     FINETUNE,
     JOBS,
@@ -48,46 +50,6 @@ TYPED, TABLE = "typed below", "table file"
 _STAGE_JOB = {stage: job for job, stage in STAGE_OF.items()}
 
 POLL_MS = 200  # how often the Qt thread drains the child's events
-
-
-def _eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "ETA …"
-    m, s = divmod(int(round(seconds)), 60)
-    return f"ETA {m // 60:d}:{m % 60:02d}:{s:02d}"
-
-
-class LossPlot(QWidget):
-    """A small line plot of (step, loss) drawn with QPainter: no plotting library in the dock."""
-
-    def __init__(self, parent=None) -> None:
-        super().__init__(parent)
-        self.points: list[tuple[int, float]] = []
-        self.setMinimumHeight(120)
-
-    def add(self, step: int, loss: float) -> None:
-        if loss == loss:  # NaN never reaches the plot (the trainer stops on it anyway)
-            self.points.append((step, loss))
-            self.update()
-
-    def clear(self) -> None:
-        self.points = []
-        self.update()
-
-    def paintEvent(self, _event) -> None:
-        p = QPainter(self)
-        p.fillRect(self.rect(), QColor(38, 41, 48))
-        p.setPen(QColor(200, 200, 200))
-        p.drawText(6, 14, "loss" if not self.points else f"loss {self.points[-1][1]:.4f} (step {self.points[-1][0]})")
-        if len(self.points) >= 2:
-            xs, ys = zip(*self.points)
-            x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-            w, h, m = self.width() - 12, self.height() - 28, 6
-            sx, sy = w / max(x1 - x0, 1), h / (y1 - y0 if y1 > y0 else 1.0)
-            line = QPolygonF([QPointF(m + (x - x0) * sx, 20 + h - (y - y0) * sy) for x, y in self.points])
-            p.setPen(QPen(QColor(80, 180, 255), 1.5))
-            p.drawPolyline(line)
-        p.end()
 
 
 class TrainWidget(QWidget):
@@ -138,7 +100,7 @@ class TrainWidget(QWidget):
                                tooltip="a training config (docs/training.md): needed for pretraining; for a "
                                        "fine-tune it replaces the fields above")
         self.out = FileEdit(label="run folder", mode="d", value="", tooltip="a new folder for a run, or one to resume")
-        self.analyse_after = CheckBox(label="analyse the open slide with the result", value=True)
+        self.analyse_after = CheckBox(label="analyse the slide on screen with the result", value=True)
         self.form = Container(widgets=[  # the data, then the typed labels, then the model and its training
             self.job_choice, self.use_open, self.slide_files, self.slide_folder, self.encoder, self.features,
             self.labels_source, self.labels_file])
@@ -165,7 +127,8 @@ class TrainWidget(QWidget):
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self.poll)
 
-        layout = QVBoxLayout(self)
+        inner = QWidget()  # in a scroll area: docking the widget never makes the window taller than the screen
+        layout = QVBoxLayout(inner)
         layout.addWidget(self.form.native)
         layout.addWidget(self.labels_table)
         layout.addWidget(self.training_form.native)
@@ -180,6 +143,13 @@ class TrainWidget(QWidget):
         layout.addWidget(self.metrics_label)
         layout.addWidget(self.status)
         layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(inner)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
 
         self.start_button.clicked.connect(lambda: self.start())
         self.resume_button.clicked.connect(lambda: self.start(resume=True))
@@ -196,6 +166,8 @@ class TrainWidget(QWidget):
         self._watched_window = None
         self._cancelled = False
         self._started_at = 0.0
+        self._earlier_s = 0.0  # training time of a resumed run before this part
+        self.analyse_slide: str | None = None  # the slide layer on screen when the job started: analysed after it
         self._update_fields()
         self.refresh_slides()
         threading.Thread(target=_preload, name="napari-care-train-preload", daemon=True).start()
@@ -317,6 +289,11 @@ class TrainWidget(QWidget):
 
         if self.job is not None and self.job.running:
             return self._fail("a job is running; cancel it first")
+        self.plot.clear()  # nothing of an earlier job stays on show, even when this one cannot start
+        self.metrics_label.setText("")
+        self.progress_label.setText("")
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
         if _path(self.out.value) is None:
             return self._fail("choose a run folder")
         try:
@@ -325,9 +302,10 @@ class TrainWidget(QWidget):
             return self._fail(str(exc))
         if not resume:
             plan.write()
-        self.plot.clear()
-        self.metrics_label.setText("")
-        self.progress_label.setText("")
+        self._earlier_s = earlier_part_s(plan.run_dir) if resume else 0.0
+        if resume:  # the curve of the part before the cancel, then this part's
+            plot_metrics_file(self.plot, plan.run_dir / "metrics.jsonl", up_to=last_checkpoint_step(plan.run_dir))
+        self.analyse_slide = self.slide_on_screen()
         what = (f"extracting features of {len(plan.extract)} slide(s), then " if plan.extract else "")
         self.status.setText(("resuming " if resume else f"starting {what}{plan.job} in ") + str(plan.run_dir))
         # a resume keeps the job.json of the run's start: it says how the run was made
@@ -361,25 +339,29 @@ class TrainWidget(QWidget):
 
     def _on_event(self, ev) -> None:
         command = self.job.commands[self.job.command_index][0]
+        if ev.kind == "start":
+            doing = {"extract": "extracting features", "evaluate": "cross-validating"}.get(command, "training")
+            self.status.setText(f"{doing}: {self.job_choice.value} in {self.job.run_dir}")
         if ev.kind in ("start", "step", "validate", "end", "extract", "encode"):
             self.progress.setRange(0, max(ev.total_steps, 1))
             self.progress.setValue(ev.step)
             what = {"extract": "features", "evaluate": "slides encoded" if ev.kind == "encode" else "folds"}.get(command, "step")
-            self.progress_label.setText(f"{what} {ev.step} / {ev.total_steps}   {_eta(ev.eta_s)}")
+            self.progress_label.setText(f"{what} {ev.step} / {ev.total_steps}   ETA {eta_text(ev.eta_s)}")
         if ev.kind == "step":
             loss = ev.metrics.get("loss", ev.metrics.get("loss_task"))
             if loss is not None:
                 self.plot.add(ev.step, float(loss))
         elif ev.kind == "validate":
             where = f"fold {ev.epoch}" if command == "evaluate" else f"epoch {ev.epoch}"
-            self.metrics_label.setText(f"{where}: " + _metrics_text(ev.metrics))
+            self.metrics_label.setText(f"{where}: " + metrics_text(ev.metrics))
         elif ev.kind == "end" and command != "extract":
             import time
 
-            took = time.monotonic() - self._started_at
-            self.progress_label.setText(f"done in {_eta(took)[4:]}")
+            took = time.monotonic() - self._started_at + self._earlier_s
+            earlier = f" ({eta_text(self._earlier_s)} of it before the resume)" if self._earlier_s else ""
+            self.progress_label.setText(f"done in {eta_text(took)}{earlier}")
             if command == "evaluate":
-                self.metrics_label.setText("cross-validated: " + _metrics_text(ev.metrics) + _folds_note(self.job.run_dir))
+                self.metrics_label.setText("cross-validated: " + metrics_text(ev.metrics) + _folds_note(self.job.run_dir))
             self.status.setText(f"done: {ev.path}")
             self.offer_result(self.job.run_dir)
 
@@ -405,23 +387,37 @@ class TrainWidget(QWidget):
         return False
 
     # --- results ---------------------------------------------------------------------------------------------
+    def slide_on_screen(self) -> str | None:
+        """The name of the slide layer on screen: the topmost visible one (None when no slide is shown)."""
+        shown = [layer for layer in self.viewer.layers
+                 if layer._type_string == "image" and layer.metadata.get("path") and layer.visible]
+        return shown[-1].name if shown else None
+
     def offer_result(self, run_dir: str | Path) -> bool:
         """Give a run's result to every docked CARE widget: a fine-tune's CARE and head, a probe's final head with
-        the CARE it was trained on; then analyse the open slide with it (when asked)."""
+        the CARE it was trained on; then (when asked) analyse with it the slide that was on screen when the job
+        started, whatever slide the CARE widget had chosen."""
         from ._widget import CareWidget
 
         care, head = run_result(run_dir)
         if care is None and head is None:
             return False
         widgets = _docked(self.viewer, CareWidget)
+        slide = self.analyse_slide
+        layer = self.viewer.layers[slide] if slide is not None and slide in self.viewer.layers else None
         for widget in widgets:
             widget.add_trained(care, head)
-            if self.analyse_after.value and widget.slide.value is not None and not widget.busy():
-                widget.run()
+            if not self.analyse_after.value or widget.busy():
+                continue
+            if layer is not None:
+                widget.run(slide=layer)
+            else:
+                widget.status.setText("the slide the job was started on is closed: choose a slide and press Run CARE")
         if widgets:
-            napari.utils.notifications.show_info(f"{Path(run_dir).name}: " + ("head " + Path(head).stem if head else "")
-                                                 + (" and " if head and care else "") + ("CARE checkpoint" if care else "")
-                                                 + " added to the CARE widget")
+            what = [head_info(head).title] if head else []
+            what += ["its CARE checkpoint" if head else "CARE checkpoint"] if care else []
+            napari.utils.notifications.show_info(f"{Path(run_dir).name}: {' and '.join(what)} added to the CARE widget"
+                                                 + (f"; analysing {slide}" if layer is not None and self.analyse_after.value else ""))
         return bool(widgets)
 
     def open_run(self, run_dir: str | Path) -> None:
@@ -441,15 +437,12 @@ class TrainWidget(QWidget):
         self.out.value = run_dir
         self.job_choice.value = job.get("job") or (_STAGE_JOB.get(str(record.get("stage"))) if record else PROBE)
         self.plot.clear()
-        metrics = run_dir / "metrics.jsonl"
-        for line in metrics.read_text().splitlines() if metrics.is_file() else ():
-            row = json.loads(line)
-            if "loss" in row and "step" in row:
-                self.plot.add(int(row["step"]), float(row["loss"]))
+        plot_metrics_file(self.plot, run_dir / "metrics.jsonl")
         if results.is_file():
             summary = json.loads(results.read_text()).get("summary", {})
-            self.metrics_label.setText("cross-validated: " + _metrics_text({k: v["mean"] for k, v in summary.items()
+            self.metrics_label.setText("cross-validated: " + metrics_text({k: v["mean"] for k, v in summary.items()
                                                                             if isinstance(v, dict) and "mean" in v}))
+        self.analyse_slide = self.slide_on_screen()
         done = self.offer_result(run_dir)
         self.status.setText(f"{run_dir}: " + ("finished; its result is offered to the CARE widget" if done
                                               else "not finished; Resume continues it"))
@@ -532,9 +525,6 @@ def _folds_note(run_dir: Path) -> str:
     return (" (folds split regions, not slides: too few annotated slides per class, so this estimate is "
             "optimistic; annotate more slides)") if by == "region" else ""
 
-
-def _metrics_text(metrics: dict) -> str:
-    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
 
 def _path(value) -> Path | None:
     return None if value is None or str(value) in ("", ".") else Path(value)

@@ -234,7 +234,9 @@ def test_region_classifier_from_annotation_layers_extracts_then_predicts_on_the_
     train.job_choice.value = REGION
     train.folds.value = 3
     train.out.value = tmp_path / "region"
-    care.slide.value = viewer.layers[annotated_slides[0].stem]
+    care.slide.value = viewer.layers["case0"]  # chosen in the CARE widget, but hidden under case1
+    for name in ("case2", "case3"):
+        viewer.layers[name].visible = False  # case1 is the slide on screen
     assert train.start()
     assert train.status.text().startswith("starting extracting features of 4 slide(s), then region classifier")
     _finish(qtbot, train)
@@ -247,10 +249,13 @@ def test_region_classifier_from_annotation_layers_extracts_then_predicts_on_the_
     head = tmp_path / "region" / "heads" / "labels_region_region_all.safetensors"
     assert [Path(p) for p in care.heads.value] == [head]
     qtbot.waitUntil(lambda: care.result is not None and not care.busy(), timeout=TIMEOUT_MS)  # analysed with it
+    assert care.view.slide.name == "case1" and care.slide.value is viewer.layers["case1"]  # the slide on screen
+    assert "case1 regions" in viewer.layers and "case0 regions" not in viewer.layers
     (pred,) = care.result.encoding.predictions
     assert pred.head == "labels_region_region_all" and pred.classes == ("stroma", "tumour")
     assert pred.region_proba.shape == (care.result.encoding.n_regions, 2)
-    assert "labels_region_region_all" in care.inspector.slide_summary.text() and "validation" in care.inspector.slide_summary.text()
+    summary = care.inspector.slide_summary.text()
+    assert "region classifier: stroma / tumour" in summary and "validation" in summary and "labels_region" not in summary
     # whether every class is on 3 slides depends on the regions: the folds say how they split, the widget says so
     by = json.loads((tmp_path / "region" / "results.json").read_text())["folds_by"]
     assert by in ("patient", "region") and ("folds split regions" in train.metrics_label.text()) == (by == "region")
