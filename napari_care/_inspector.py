@@ -108,8 +108,12 @@ class InspectorPanel(QWidget):
         HeadInfo} of its heads: their titles, validation notes, and which are region classifiers (those make no
         slide-level call)."""
         from care_core.regions import region_table
+        from care_core.regions.export import region_tissue_um2
 
         self.rows = region_table(encoding)
+        tissue = region_tissue_um2(encoding)
+        for row in self.rows:
+            row["tissue_um2"] = None if tissue is None else tissue[row["id"]]
         self.predictions = list(getattr(encoding, "predictions", None) or [])
         self.heads = heads or {}
         self.pred_columns = self._prediction_columns()
@@ -166,7 +170,7 @@ class InspectorPanel(QWidget):
 
     def _fill_table(self) -> None:
         pred_names = list(self.pred_columns)
-        headers = ["region", "patches", "area mm²", "π %", "ROI", *pred_names]
+        headers = ["region", "patches", "tissue mm²", "patch mm²", "π %", "ROI", *pred_names]
         table = self.table
         table.setSortingEnabled(False)
         table.clear()
@@ -174,10 +178,11 @@ class InspectorPanel(QWidget):
         table.setRowCount(len(self.rows))
         table.setHorizontalHeaderLabels(headers)
         for i, row in enumerate(self.rows):
-            area = row["area_um2"]
+            area, tissue = row["area_um2"], row["tissue_um2"]
             cells = [
                 _NumberItem(str(row["id"]), row["id"]),
                 _NumberItem(str(row["n_patches"]), row["n_patches"]),
+                _NumberItem("–" if tissue is None else f"{tissue / 1e6:.3f}", -1.0 if tissue is None else tissue),
                 _NumberItem("–" if area is None else f"{area / 1e6:.3f}", -1.0 if area is None else area),
                 _NumberItem(f"{100 * row['pi']:.1f}", row["pi"]),
                 _NumberItem("ROI" if row["is_roi"] else "", float(row["is_roi"])),
@@ -230,7 +235,7 @@ class InspectorPanel(QWidget):
         bold = (lambda t: f"<b>{t}</b>") if rich else str
         parts = [
             bold(f"region {region_id}") + (" — the ROI" if row["is_roi"] else ""),
-            f"{row['n_patches']} patches, {_area(row['area_um2'])}",
+            f"{_area(row['tissue_um2'])} of tissue in {row['n_patches']} patches ({_area(row['area_um2'])})",
             f"π {100 * row['pi']:.1f}%  α {100 * row['alpha']:.1f}%  β {100 * row['beta']:.1f}%",
         ]
         for pred in self.predictions:

@@ -13,11 +13,11 @@ import numpy as np
 
 from care_core.wsi import Slide
 
+__all__ = ["class_color", "slide_layer", "region_layers", "outline_layer", "polygon_outlines", "annotation_layer"]
+
 LayerData = tuple[Any, dict, str]
 
 ROI_SCREEN_PX = 3.0  # outline width on screen, whatever the zoom (the widget rescales it on zoom)
-_CLASS_COLORS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (23, 190, 207), (140, 86, 75),
-                 (227, 119, 194), (127, 127, 127), (188, 189, 34), (255, 127, 14))  # tab10, gold-free first
 
 
 def slide_layer(slide: Slide, *, name: str | None = None) -> LayerData:
@@ -46,8 +46,10 @@ def _stem(path: str) -> str:
 
 
 def class_color(index: int) -> tuple[int, int, int]:
-    """RGB of a head's class ``index`` in the class layer and its legend."""
-    return _CLASS_COLORS[index % len(_CLASS_COLORS)]
+    """RGB of a head's class ``index`` in the class layer and its legend (as the exports colour it)."""
+    from care_core.regions.export import class_color as exported
+
+    return exported(index)
 
 
 def _rgba(rgb: tuple[int, int, int], alpha: float = 1.0) -> tuple[float, float, float, float]:

@@ -340,6 +340,7 @@ class CareWidget(QWidget):
         spread out, the window keeps answering in between). ``result_shown`` tells when done.
         """
         heads = self.head_infos() if heads is None else heads
+        record_tissue_fraction(result)
         if new_layers is None:
             new_layers = self.view.prepare(layer, result, {n: i.title for n, i in heads.items()})
         steps = self._show_steps(layer, result, model_label, new_layers, heads)
@@ -480,9 +481,25 @@ def _run_and_prepare(view: ResultView, slide: _Placed, titles: dict, kwargs: dic
     result = yield from iter_slide_pipeline(slide.metadata["path"], **kwargs)
     if result is None:
         return None
+    record_tissue_fraction(result)
     if slide.metadata["mpp"] is None:
         slide.metadata["mpp"] = result.encoding.meta.get("slide_mpp")
     return result, view.prepare(slide, result, titles)
+
+
+def record_tissue_fraction(result) -> None:
+    """Record in the encoding's meta the tissue fraction of each patch (from the run's tissue mask), so the
+    inspector and the exports give each region's area of tissue, not of whole patches over glass."""
+    from types import SimpleNamespace
+
+    from care_core.wsi.patches import tissue_fractions
+
+    enc = result.encoding
+    if "patch_tissue_fraction" in enc.meta or result.tissue_mask is None or not result.tissue_mask.size:
+        return
+    tissue = SimpleNamespace(mask=result.tissue_mask, downsample=float(result.tissue_downsample))
+    enc.meta["patch_tissue_fraction"] = [round(float(f), 4) for f in
+                                         tissue_fractions(tissue, enc.coords, enc.patch_size_level0)]
 
 
 def _preload() -> None:

@@ -95,10 +95,10 @@ def test_table_rows_keys_and_go_to_roi_move_the_view(shown):
     viewer, widget, enc = shown
     table = widget.inspector.table
     headers = [table.horizontalHeaderItem(j).text() for j in range(table.columnCount())]
-    assert headers == ["region", "patches", "area mm²", "π %", "ROI", "tissue class", "tissue p(tumour)",
+    assert headers == ["region", "patches", "tissue mm²", "patch mm²", "π %", "ROI", "tissue class", "tissue p(tumour)",
                        "tissue p(stroma)", "survival risk"]
     assert table.rowCount() == enc.n_regions
-    table.sortItems(3)  # by π, ascending
+    table.sortItems(4)  # by π, ascending
     order = widget.inspector.table_order()
     assert [enc.pi[r] for r in order] == sorted(enc.pi)
     cam = viewer.scene.camera

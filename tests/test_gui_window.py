@@ -222,3 +222,38 @@ def test_open_time_pixel_size_warning_names_the_field(make_napari_viewer, tmp_pa
     assert viewer.window._qt_viewer.canvas  # the slide opened
     assert viewer.canvas.overlays.scale_bar.position == "bottom_left"  # notifications pop up bottom right
 
+
+
+def test_export_carries_the_prediction_clipped_to_the_slide_with_tissue_area(viewer_with_slide, qtbot, tmp_path,
+                                                                             two_cares):
+    import json
+
+    from shapely.geometry import shape
+
+    from care_core.regions.export import class_color
+
+    viewer = viewer_with_slide
+    _, (care, head) = two_cares
+    widget = _widget(viewer)
+    widget.add_trained(care, head)
+    widget.slide_mpp.value = 0.45  # 284 px patches: 3072 px is 10.8 of them, the last column overhangs the slide
+    _run(qtbot, widget)
+    worker = widget.export_to(tmp_path / "out", formats=("geojson",))
+    qtbot.waitUntil(lambda: widget.status.text().startswith("exported"), timeout=30_000)
+    features = json.loads((tmp_path / "out" / "small_regions.geojson").read_text())["features"]
+    assert worker is not None and len(features) == widget.result.encoding.n_regions
+    for f in features:
+        props, m = f["properties"], f["properties"]["measurements"]
+        assert props["classification"] == {"name": "tumour", "color": list(class_color(1))}  # QuPath colours by it
+        assert m["labels_region_region_all probability"] == pytest.approx(1 / (1 + np.exp(-3.0)), abs=1e-4)
+        x0, y0, x1, y1 = shape(f["geometry"]).bounds
+        assert x0 >= 0 and y0 >= 0 and x1 <= 3072 and y1 <= 2048  # no polygon overhangs the slide
+        assert 0 < m["tissue_area_um2"] <= m["area_um2"]
+    assert sum(f["properties"]["measurements"]["tissue_area_um2"] for f in features) < sum(
+        f["properties"]["measurements"]["area_um2"] for f in features)  # glass in the patches is not counted
+    # the table shows both areas
+    headers = [widget.inspector.table.horizontalHeaderItem(j).text() for j in range(widget.inspector.table.columnCount())]
+    assert headers[2:4] == ["tissue mm²", "patch mm²"]
+    # opened back over the slide, the regions carry their predicted classes
+    shapes = widget.import_annotations(tmp_path / "out" / "small_regions.geojson")
+    assert set(shapes.features["class"]) == {"tumour"}

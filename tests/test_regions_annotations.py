@@ -14,7 +14,7 @@ from care_core.errors import AnnotationFileError
 from care_core.model.encoding import HeadPrediction
 from care_core.regions import read_annotations, region_color, write_asap, write_asap_xml, write_geojson
 from care_core.regions import write_region_csv
-from care_core.regions.export import ROI_COLOR
+from care_core.regions.export import ROI_COLOR, class_color
 
 
 def _with_predictions(enc):
@@ -29,8 +29,9 @@ def _with_predictions(enc):
 def test_geojson_export_reads_back_with_same_areas_and_predictions(tmp_path):
     path = write_geojson(_with_predictions(ring_encoding()), tmp_path / "s.geojson", name="s")
     roi, other = read_annotations(path)
-    assert (roi.classification, roi.name, roi.color) == ("CARE ROI", "ROI region 0", ROI_COLOR)
-    assert (other.classification, other.name, other.color) == ("CARE region", "region 1", region_color(1))
+    # with a head, each region is classified as its predicted class, coloured as the window's legend
+    assert (roi.classification, roi.name, roi.color) == ("LUAD", "ROI region 0", class_color(0))
+    assert (other.classification, other.name, other.color) == ("LUSC", "region 1", class_color(1))
     assert roi.geometry.is_valid and roi.geometry.area == 8 * S * S and len(roi.geometry.interiors) == 1
     assert other.geometry.geom_type == "MultiPolygon" and other.geometry.area == 3 * S * S
     m = roi.properties["measurements"]
@@ -38,6 +39,7 @@ def test_geojson_export_reads_back_with_same_areas_and_predictions(tmp_path):
     assert roi.properties["predictions"] == {"subtype": "LUAD"} and other.properties["predictions"] == {"subtype": "LUSC"}
     assert roi.properties["is_roi"] and roi.properties["care_region_id"] == 0
     assert not any("slide_only" in k for k in m)  # a head without region predictions adds no region columns
+    assert m["subtype probability"] == pytest.approx(0.9)
 
 
 def test_region_csv_has_prediction_columns(tmp_path):

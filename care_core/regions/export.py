@@ -12,15 +12,17 @@ from pathlib import Path
 
 from care_core._atomic import atomic_path
 from care_core.regions.geometry import REGION_COLUMNS, region_polygons, region_table
-from care_core.regions.shapes import Annotation
+from care_core.regions.shapes import Annotation, polygonal
 
 __all__ = [
-    "region_color", "prediction_columns", "region_annotations", "annotations_to_geojson", "to_geojson", "write_geojson",
-    "write_asap", "write_region_csv", "atomic_write_text",
+    "region_color", "class_color", "region_tissue_um2", "prediction_columns", "region_annotations",
+    "annotations_to_geojson", "to_geojson", "write_geojson", "write_asap", "write_region_csv", "atomic_write_text",
 ]
 
 ROI_CLASS, REGION_CLASS = "CARE ROI", "CARE region"
 ROI_COLOR = (255, 215, 0)  # gold: the region palette leaves out the hues around it
+CLASS_COLORS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (23, 190, 207), (140, 86, 75),
+                (227, 119, 194), (127, 127, 127), (188, 189, 34), (255, 127, 14))  # tab10, gold-free first
 _ROI_HUE_GAP = (0.05, 0.30)  # hues (0-1) no region colour takes, so no region looks like the ROI
 
 
@@ -57,29 +59,77 @@ def prediction_columns(encoding) -> dict[str, list]:
     return cols
 
 
+def class_color(index: int) -> tuple[int, int, int]:
+    """RGB of a head's class ``index``: the window's class layer and legend, and the exported classifications."""
+    return CLASS_COLORS[index % len(CLASS_COLORS)]
+
+
+def region_tissue_um2(encoding, *, patch_side_um: float | None = None) -> list[float] | None:
+    """Tissue area (µm²) of each region: its patches' area times their tissue fraction (``encoding.meta``
+    "patch_tissue_fraction", one per patch, as the window records it); None when unknown."""
+    import numpy as np
+
+    fraction = encoding.meta.get("patch_tissue_fraction") if encoding.meta else None
+    side = encoding.patch_side_um if patch_side_um is None else patch_side_um
+    if fraction is None or side is None or len(fraction) != len(encoding.patch_region):
+        return None
+    sums = np.bincount(encoding.patch_region, weights=np.asarray(fraction, float), minlength=len(encoding.pi))
+    return [float(v) * side**2 for v in sums]
+
+
+def _class_head(encoding):
+    """The first head with a class per region (not a risk score), or None."""
+    return next((p for p in getattr(encoding, "predictions", None) or []
+                 if p.region_proba is not None and p.classes != ("risk",)), None)
+
+
+def _slide_box(encoding):
+    """The slide's level-0 rectangle (shapely), None when the encoding does not record its size."""
+    from shapely.geometry import box
+
+    size = (encoding.meta or {}).get("slide_size_level0")
+    return None if not size else box(0, 0, float(size[0]), float(size[1]))
+
+
 def region_annotations(encoding, *, patch_side_um: float | None = None) -> list[Annotation]:
-    """One ``Annotation`` per region (level-0 px polygon, "CARE ROI" / "CARE region" class and colour);
-    properties: ``measurements`` (n_patches, pi, alpha, beta, area_um2 when known, and each head's class
-    probabilities), ``predictions`` ({head: predicted class}), ``care_region_id`` and ``is_roi``."""
+    """One ``Annotation`` per region (level-0 px polygon, clipped to the slide where its size is recorded).
+
+    classification: with a head that gives each region a class, the region's predicted class (its colour as in
+    the window's legend); else "CARE ROI" / "CARE region" with the region's colour. properties:
+    ``measurements`` (n_patches, pi, alpha, beta, area_um2 (of the patches) when known, tissue_area_um2 when
+    the tissue fraction of each patch is recorded, each head's class probabilities and the probability of the
+    predicted class), ``predictions`` ({head: predicted class}), ``care_region_id`` and ``is_roi``."""
     rows = region_table(encoding, patch_side_um=patch_side_um)
     polys = region_polygons(encoding.patch_region, encoding.coords, encoding.patch_size_level0)
+    slide = _slide_box(encoding)
+    tissue = region_tissue_um2(encoding, patch_side_um=patch_side_um)
     preds = prediction_columns(encoding)
+    head = _class_head(encoding)
     out = []
     for row, poly in zip(rows, polys):
         rid = row["id"]
         measurements = {k: row[k] for k in ("n_patches", "pi", "alpha", "beta")}
         if row["area_um2"] is not None and math.isfinite(row["area_um2"]):
             measurements["area_um2"] = row["area_um2"]
+        if tissue is not None:
+            measurements["tissue_area_um2"] = tissue[rid]
         measurements.update({k: v[rid] for k, v in preds.items() if not k.endswith(" class")})
         classes = {k[: -len(" class")]: v[rid] for k, v in preds.items() if k.endswith(" class")}
         props = {"measurements": measurements, "care_region_id": rid, "is_roi": bool(row["is_roi"])}
         if classes:
             props["predictions"] = classes
+        classification, color = (ROI_CLASS, ROI_COLOR) if row["is_roi"] else (REGION_CLASS, region_color(rid))
+        if head is not None:
+            top = int(head.region_proba[rid].argmax())
+            classification, color = head.classes[top], class_color(top)
+            measurements[f"{head.head} probability"] = float(head.region_proba[rid, top])
+        if slide is not None and not slide.contains(poly):
+            poly = polygonal(poly.intersection(slide)) or poly
         out.append(Annotation(
             poly,
-            classification=ROI_CLASS if row["is_roi"] else REGION_CLASS,
+            classification=classification,
             name=f"{'ROI ' if row['is_roi'] else ''}region {rid}",
-            color=ROI_COLOR if row["is_roi"] else region_color(rid),
+            color=color,
             properties=props,
         ))
     return out
