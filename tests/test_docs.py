@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -150,6 +151,7 @@ class DocRuns:
 @pytest.fixture(scope="session")
 def docs_cohort(tmp_path_factory) -> Path:
     """A folder where the docs' setup block (a small `care synth --cohort`) has run once."""
+    assert shutil.which("care", path=_env()["PATH"]), f"no `care` command beside {sys.executable}: pip install -e ."
     setups = {b.text for b in ALL_BLOCKS if b.kind == "setup"}
     assert len(setups) == 1, f"the docs' setup blocks differ: {sorted(setups)}"
     block = next(b for b in ALL_BLOCKS if b.kind == "setup")
