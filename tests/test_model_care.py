@@ -230,6 +230,29 @@ def test_gradient_reaches_arg_through_straight_through(straight_through):
     assert m.subregion_encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("lam", [0.0, 0.5, 1.0])
+def test_spf_scores_get_the_gradient_of_eq7(lam):
+    """dL/ds_i = (1 - lambda) beta_i (dL/dz . (g_i - sum_j beta_j g_j)) for z = sum pi g (Eq. 7), so with lambda = 1/2
+    the attention gets half the gradient it would alone, and none at lambda = 1; V, U and w all receive it."""
+    m = CARE.from_seed(3, lambda_spf=lam, **SMALL)
+    x, grid = small_inputs(24, seed=4)
+    seen = {}
+
+    def keep(module, inputs, scores):
+        scores.retain_grad()
+        seen["s"] = scores
+
+    m.spf.register_forward_hook(keep)
+    o = m([x], [grid])
+    r = torch.from_numpy(np.random.default_rng(5).standard_normal(o.slide_embedding.shape[1]).astype(np.float32))
+    (o.slide_embedding[0] @ r).backward()
+    g, beta = o.region_embeddings.detach().double(), o.beta.detach().double()
+    expected = (1 - lam) * beta * ((g - (beta[:, None] * g).sum(0)) @ r.double())
+    np.testing.assert_allclose(seen["s"].grad.double().numpy(), expected.numpy(), rtol=1e-4, atol=1e-7)
+    for p in (m.spf.v.weight, m.spf.u.weight, m.spf.w.weight):
+        assert (p.grad is not None and p.grad.abs().sum() > 0) == (lam < 1)
+
+
 def test_fixed_regions_assign_own_square():
     m = CARE.from_seed(0, fixed_regions=True, **SMALL).eval()
     x, grid = small_inputs()
