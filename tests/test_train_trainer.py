@@ -272,4 +272,4 @@ def test_cli_bad_config_is_one_line_and_starts_nothing(cohort, tmp_path):
     assert len(lines) == 1 and "c.json: unknown Stage 1 config key(s) ['lr_peak']" in lines[0]
     assert not (tmp_path / "run" / "config.json").exists()
     res = cli("pretrain", "--resume", tmp_path / "nothing")
-    assert res.returncode == 2 and "cannot read the run's config" in res.stderr
+    assert res.returncode == 2 and "holds no run to resume (no config.json)" in res.stderr

@@ -142,7 +142,8 @@ class FinetuneConfig(_Common):
     Defaults are the paper's protocol: Adam lr 2e-5, weight decay 1e-5, batch 1, at most 200 epochs, early
     stopping on the validation loss (patience 15, not before epoch 20), class-weighted sampling, loss
     CE + 0.1 L_RSL, the best-on-validation weights kept. With time/event labels the loss is the negative Cox
-    partial log-likelihood over each batch (our choice: batch_size 16, since a batch of 1 has no pairs).
+    partial log-likelihood over each batch: a batch of 1 has no pairs, so survival needs batch_size >= 2 (16 is
+    a good start; the fine-tuning refuses less).
     """
 
     labels: str = ""  # labels table (CSV / Parquet): slide, label[, patient] or slide, time, event[, patient]

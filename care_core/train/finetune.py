@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from care_core.errors import InvalidInputError, TrainingConfigError
+from care_core.train.stage_base import StageSetup, compact_crop, feature_files, feature_meta, initial_care
 
 __all__ = ["FinetuneObjective", "cox_partial_likelihood", "build_finetune"]
 
@@ -83,7 +84,6 @@ class _LabelledSlide:
 
     def __call__(self, i: int, epoch: int):
         from care_core.features import load_features
-        from care_core.train.stages import compact_crop
 
         pf = load_features(self.files[i])
         grid = pf.grid_indices()
@@ -97,10 +97,12 @@ def build_finetune(cfg, run_dir: Path):
     from care_core.evaluate.cohort import match_features
     from care_core.evaluate.labels import read_labels
     from care_core.evaluate.splits import load_splits, make_splits, save_splits
-    from care_core.train.stages import StageSetup, _care, _feature_meta, feature_files
 
     table = read_labels(cfg.labels)
     survival = table.kind == "survival"
+    if survival and cfg.batch_size < 2:  # one slide has no pair to rank: the loss would be 0 at every step
+        raise TrainingConfigError(f"labels {cfg.labels!r} are survival times: the Cox loss ranks the slides of a batch, "
+                                  f"so batch_size={cfg.batch_size} learns nothing; set batch_size >= 2 (16 is a good start)")
     try:
         files = match_features(table, [str(p) for p in feature_files(cfg.features)])
     except InvalidInputError as exc:
@@ -124,10 +126,10 @@ def build_finetune(cfg, run_dir: Path):
         target = lambda s: classes.index(table.label[row[s]])  # noqa: E731
     train_ids, val_ids = list(fold.train), list(fold.val)
     train_files = [files[s] for s in train_ids]
-    first = _feature_meta(train_files[0])
+    first = feature_meta(train_files[0])
     from care_core.features import load_features
 
-    care = _care(cfg, load_features(train_files[0]).dim, cfg.labels, train_files)
+    care = initial_care(cfg, load_features(train_files[0]).dim, cfg.labels, train_files)
     objective = FinetuneObjective(care, len(classes) if not survival else 1, survival, cfg.input == "roi")
     train_targets = [target(s) for s in train_ids]
     val_data = _LabelledSlide([files[s] for s in val_ids], [target(s) for s in val_ids], cfg.max_patches, cfg.seed)
@@ -160,7 +162,7 @@ def build_finetune(cfg, run_dir: Path):
         metrics = classification_metrics(y, torch.softmax(logits, 1).numpy())
         return {"val_loss": loss, **{f"val_{k}": v for k, v in metrics.items()}}
 
-    def export(obj, run_dir: Path, care_sha256: str, val: dict) -> Path:
+    def export(obj, path: Path, care_sha256: str, val: dict) -> Path:
         from care_core.evaluate.heads import Head
 
         lin = obj.student["head"]
@@ -173,8 +175,8 @@ def build_finetune(cfg, run_dir: Path):
             arrays = {"coef": w, "intercept": b}
         head = Head(name=f"finetune_{Path(cfg.labels).stem}_fold{cfg.fold}", kind="cox" if survival else "linear",
                     input=cfg.input, classes=classes, arrays=arrays, protocol="finetune", metrics=val,
-                    model_sha256=care_sha256, encoder=first["encoder"], extra={"fold": cfg.fold, "run": run_dir.name})
-        return head.save(run_dir / "head")
+                    model_sha256=care_sha256, encoder=first["encoder"], extra={"fold": cfg.fold, "run": path.parent.name})
+        return head.save(path)
 
     return StageSetup(
         n_samples=len(train_ids),

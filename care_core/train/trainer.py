@@ -37,7 +37,8 @@ import numpy as np
 
 from care_core.errors import TrainingConfigError, TrainingError
 
-__all__ = ["TrainEvent", "train", "pretrain", "load_run", "cosine_schedule", "latest_checkpoint", "step_samples"]
+__all__ = ["TrainEvent", "train", "resolve_config", "read_run_record", "load_run", "cosine_schedule",
+           "latest_checkpoint", "step_samples"]
 
 
 @dataclass
@@ -136,6 +137,11 @@ def _any_nonfinite(x: float, world: int) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------- data order
+def _epoch_order(epoch: int, n_samples: int, seed: int, order=None) -> np.ndarray:
+    """The sample order of one epoch: ``order(epoch, n)`` or a permutation seeded by (seed, epoch)."""
+    return order(epoch, n_samples) if order else np.random.default_rng([int(seed), int(epoch), 0x5EED]).permutation(n_samples)
+
+
 def step_samples(step: int, n_samples: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
                  order=None) -> tuple[int, np.ndarray]:
     """(epoch, sample indices of this process) for optimiser step ``step``: a seeded permutation per epoch
@@ -143,8 +149,30 @@ def step_samples(step: int, n_samples: int, batch_size: int, seed: int, rank: in
     for process ``rank``."""
     per_epoch = n_samples // batch_size
     epoch, pos = divmod(step, per_epoch)
-    perm = order(epoch, n_samples) if order else np.random.default_rng([int(seed), int(epoch), 0x5EED]).permutation(n_samples)
+    perm = _epoch_order(epoch, n_samples, seed, order)
     return epoch, perm[pos * batch_size : (pos + 1) * batch_size][rank::world]
+
+
+class _StepBatches:
+    """The DataLoader's batch sampler: the (epoch, sample) pairs of steps ``start`` .. ``total`` - 1, as
+    `step_samples` gives them, made one epoch at a time when the loader reaches it (memory and start-up time do
+    not grow with the number of epochs; a resume starts at once)."""
+
+    def __init__(self, start: int, total: int, n_samples: int, batch_size: int, seed: int, rank: int, world: int,
+                 order=None) -> None:
+        self.start, self.total, self.n, self.batch, self.seed = start, total, n_samples, batch_size, seed
+        self.rank, self.world, self.order = rank, world, order
+
+    def __len__(self) -> int:
+        return self.total - self.start
+
+    def __iter__(self):
+        per_epoch = self.n // self.batch
+        for step in range(self.start, self.total):
+            epoch, pos = divmod(step, per_epoch)
+            if step == self.start or pos == 0:
+                perm = _epoch_order(epoch, self.n, self.seed, self.order)
+            yield [(epoch, int(i)) for i in perm[pos * self.batch : (pos + 1) * self.batch][self.rank :: self.world]]
 
 
 class _StepData:
@@ -159,13 +187,14 @@ class _StepData:
 
 
 def _loader(setup, start: int, total: int, cfg, rank: int, world: int):
+    import torch
     from torch.utils.data import DataLoader
 
-    steps = (step_samples(s, setup.n_samples, cfg.batch_size, cfg.seed, rank, world, setup.epoch_order) for s in range(start, total))
-    batches = [[(e, int(i)) for i in idx] for e, idx in steps]
-    return DataLoader(
+    batches = _StepBatches(start, total, setup.n_samples, cfg.batch_size, cfg.seed, rank, world, setup.epoch_order)
+    return DataLoader(  # its own generator: the loader's seed draw leaves the global RNG (checkpointed) alone
         _StepData(setup.make_sample), batch_sampler=batches, collate_fn=list, num_workers=cfg.num_workers,
         persistent_workers=False, prefetch_factor=2 if cfg.num_workers else None,
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
 
 
@@ -184,9 +213,31 @@ def _load_state(path: Path) -> dict:
     import torch
 
     try:  # weights_only: tensors, numbers, strings and containers only, never code
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 — a truncated or foreign file gets one line
-        raise TrainingConfigError(f"{path}: not a readable training checkpoint ({exc}); delete it to resume from the one before") from exc
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TrainingConfigError(f"{path}: not a readable training checkpoint ({reason}); delete it to resume from "
+                                  "the one before") from None
+    if not isinstance(state, dict):
+        raise TrainingConfigError(f"{path}: not a training checkpoint (a {type(state).__name__}); delete it to resume "
+                                  "from the one before")
+    return state
+
+
+def _restore(path: Path, state: dict, keys: tuple[str, ...], modules: dict) -> None:
+    """Load ``state[name]`` into each of ``modules`` (name -> module or optimiser); one line when the checkpoint
+    lacks a part or holds another model (another size, another stage)."""
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise TrainingConfigError(f"{path}: not a training checkpoint of this run (no {', '.join(missing)}); delete it to "
+                                  "resume from the one before")
+    for name, module in modules.items():
+        try:
+            module.load_state_dict(state[name])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            reason = " ".join(str(exc).split())
+            raise TrainingConfigError(f"{path}: its {name} does not fit the run's config ({reason[:200]}); resume with "
+                                      "the run's own config or delete the checkpoint") from None
 
 
 def _prune(run_dir: Path, keep: int) -> None:
@@ -206,18 +257,34 @@ RELOCATABLE = ("labels", "features", "splits", "init", "index", "table", "rna", 
                "protein_vectors", "device", "num_workers")
 
 
+def read_run_record(run_dir: Path) -> dict:
+    """The run's ``config.json`` ({"stage", "config", "package_version"}), checked: one TrainingConfigError line
+    for a folder without one, or with one that is damaged (not JSON, not a table, no config, an unknown stage)."""
+    from care_core.train.config import STAGES
+
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise TrainingConfigError(f"{run_dir} holds no run to resume (no config.json); start it without --resume")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TrainingConfigError(f"{path} is unreadable ({exc}); it cannot be resumed") from None
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise TrainingConfigError(f"{path} is not a run's config (a table with 'stage' and 'config'); it cannot be "
+                                  "resumed: start a new run folder")
+    if str(record.get("stage")) not in STAGES:
+        raise TrainingConfigError(f"{path}: stage {record.get('stage')!r} is not one of {sorted(STAGES)}; it cannot be "
+                                  "resumed: start a new run folder")
+    return {**record, "stage": str(record["stage"])}
+
+
 def _check_run_dir(run_dir: Path, record: dict, resume: bool) -> list[str]:
     """Refuse a run folder that does not fit; on resume, return the RELOCATABLE keys given new values."""
-    cfg_path = run_dir / "config.json"
     if resume:
-        if not cfg_path.is_file():
-            raise TrainingConfigError(f"{run_dir} holds no run to resume (no config.json); start it without --resume")
-        try:
-            old = json.loads(cfg_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise TrainingConfigError(f"{cfg_path} is unreadable ({exc}); it cannot be resumed") from exc
-        if old.get("stage") != record["stage"]:
-            raise TrainingConfigError(f"{run_dir} is a Stage {old.get('stage')} run, not Stage {record['stage']}; resume it with --stage {old.get('stage')}")
+        old = read_run_record(run_dir)
+        if old["stage"] != record["stage"]:
+            raise TrainingConfigError(f"{run_dir} is a Stage {old['stage']} run, not Stage {record['stage']}; resume it "
+                                      "with its own stage")
         diff = sorted(k for k in set(old["config"]) | set(record["config"]) if old["config"].get(k) != record["config"].get(k))
         fixed = [k for k in diff if k not in RELOCATABLE]
         if fixed:
@@ -229,23 +296,58 @@ def _check_run_dir(run_dir: Path, record: dict, resume: bool) -> list[str]:
             warnings.warn(f"resuming {run_dir} with new {', '.join(diff)} (data moved or another machine); the "
                           "run's config.json now records them", stacklevel=3)
         return diff
-    elif cfg_path.exists() or latest_checkpoint(run_dir) is not None:
+    elif (run_dir / "config.json").exists() or latest_checkpoint(run_dir) is not None:
         raise TrainingConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another folder")
     return []
 
 
-# ----------------------------------------------------------------------------------------------- the loop
-def train(cfg, run_dir: str | Path, *, stage: str | None = None, resume: bool = False) -> Iterator[TrainEvent]:
-    """Run (or resume) a training job; yields ``TrainEvent``s and returns the final CARE checkpoint path.
+def resolve_config(config, run_dir: str | Path, *, stage: str | None = None, resume: bool = False):
+    """(stage, config object) of ``config``: a StageIConfig / StageIIConfig / FinetuneConfig; a dict of config
+    keys (with ``stage``) or a run record ``{"stage": ..., "config": {...}}`` as config.json holds; the path of a
+    config file (with ``stage``); or None to resume ``run_dir`` with its own config. A resume takes its stage
+    from the run folder, so ``stage`` may be left out."""
+    from care_core.train.config import STAGES, config_from_dict, load_config
 
-    stage: '1' | '2' | 'finetune' (default: from the config's type). Everything that can be wrong with the config, the
-    data or the run folder is a TrainingConfigError before the first step; a NaN/Inf loss stops with a
-    TrainingError and leaves the last good checkpoint in place.
+    kinds = {cls: name for name, cls in STAGES.items()}
+    if type(config) in kinds:
+        named = kinds[type(config)]
+        if stage is not None and str(stage) != named:
+            raise TrainingConfigError(f"a {type(config).__name__} is a stage {named!r} config, not stage {stage!r}")
+        return named, config
+    if isinstance(config, dict) and "config" in config and "stage" in config:  # a run record
+        stage, config = (stage or config["stage"]), config["config"]
+    if stage is None and resume:
+        stage = read_run_record(run_dir)["stage"]
+    if config is None:
+        if not resume:
+            raise TrainingConfigError("a new run needs a config (--config FILE)")
+        record = read_run_record(run_dir)
+        if stage is not None and str(stage) != record["stage"]:
+            raise TrainingConfigError(f"{run_dir} is a Stage {record['stage']} run, not Stage {stage}")
+        return record["stage"], config_from_dict(record["stage"], record["config"])
+    if stage is None or str(stage) not in STAGES:
+        raise TrainingConfigError(f"stage={stage!r}: give the stage of the config, one of {sorted(STAGES)} (--stage 1 or 2)")
+    if isinstance(config, dict):
+        return str(stage), config_from_dict(str(stage), config)
+    if isinstance(config, (str, os.PathLike)):
+        return str(stage), load_config(config, str(stage))
+    raise TrainingConfigError(f"config={type(config).__name__}: give a config object, a dict or a config file path")
+
+
+# ----------------------------------------------------------------------------------------------- the loop
+def train(config, run_dir: str | Path, *, stage: str | None = None, resume: bool = False) -> Iterator[TrainEvent]:
+    """Run (or resume) a training job in ``run_dir``; yields ``TrainEvent``s and returns the final CARE checkpoint path.
+
+    config: a config object (its type gives the stage), a dict of config keys or a config file path (with
+    ``stage`` '1' | '2' | 'finetune'), a run record as config.json holds, or None with ``resume`` (the run's own
+    config); see `resolve_config`. Everything that can be wrong with the config, the data or the run folder is a
+    TrainingConfigError before the first step; a NaN/Inf loss stops with a TrainingError and leaves the last good
+    checkpoint in place. A run that finished (or stopped early) is done: resuming it only writes the outputs it lacks.
     """
     from care_core._atomic import check_output_dir, folder_lock
 
     run_dir = Path(run_dir)
-    stage = stage or {"StageIConfig": "1", "StageIIConfig": "2", "FinetuneConfig": "finetune"}[type(cfg).__name__]
+    stage, cfg = resolve_config(config, run_dir, stage=stage, resume=resume)
     cfg.check()
     rank, world = _dist()
     if cfg.batch_size % world:
@@ -283,13 +385,13 @@ def _train(cfg, run_dir: Path, stage: str, resume: bool, rank: int, world: int, 
     optim = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     opt = optim([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
 
-    start = 0
+    start, finished = 0, False
     early = {"best": math.inf, "best_epoch": -1, "bad": 0, "metrics": {}}  # early stopping on val_loss
     if resume and (ckpt := latest_checkpoint(run_dir)) is not None:
         state = _load_state(ckpt)
-        objective.load_state_dict(state["objective"])
-        opt.load_state_dict(state["optimizer"])
+        _restore(ckpt, state, ("step", "objective", "optimizer", "torch_rng"), {"objective": objective, "optimizer": opt})
         early = json.loads(state.get("early", json.dumps(early)))
+        finished = bool(state.get("finished", False))  # trained to the end or stopped early: nothing left to train
         torch.set_rng_state(state["torch_rng"])
         if torch.cuda.is_available() and state.get("cuda_rng"):
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -299,13 +401,18 @@ def _train(cfg, run_dir: Path, stage: str, resume: bool, rank: int, world: int, 
             tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
     metrics_path = run_dir / "metrics.jsonl"
     if rank == 0 and resume and metrics_path.exists():  # drop the lines logged after the checkpoint we resume from
-        kept = [ln for ln in metrics_path.read_text().splitlines() if ln.strip() and _logged_step(ln) <= start]
-        with atomic_path(metrics_path) as tmp:
-            tmp.write_text("".join(ln + "\n" for ln in kept))
-    tb = _tensorboard(run_dir) if rank == 0 else None
+        lines = metrics_path.read_text().splitlines()
+        kept = [ln for ln in lines if ln.strip() and _logged_step(ln) <= start]
+        if kept != lines:
+            with atomic_path(metrics_path) as tmp:
+                tmp.write_text("".join(ln + "\n" for ln in kept))
+    tb = _tensorboard(run_dir) if rank == 0 and not finished else None
     use_amp = device.type == "cuda" and cfg.amp
 
-    def checkpoint(step: int) -> Path:
+    saved = start  # the step of the newest checkpoint on disk
+
+    def checkpoint(step: int, finished: bool = False) -> Path:
+        nonlocal saved
         path = run_dir / "checkpoints" / f"step_{step:08d}.pt"
         if rank == 0:
             _save_state(path, {
@@ -315,16 +422,20 @@ def _train(cfg, run_dir: Path, stage: str, resume: bool, rank: int, world: int, 
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "early": json.dumps(early),
+                "finished": finished,
             })
             _prune(run_dir, cfg.keep_checkpoints)
+        saved = step
         return path
 
     yield TrainEvent("start", start, total, start // per_epoch, metrics=dict(setup.counts))
     t0, done_at_t0 = time.perf_counter(), start
     objective.train()
     done = start
-    for step, batch in enumerate(_loader(setup, start, total, cfg, rank, world), start=start):
-        if STOP.is_set():
+    for step, batch in enumerate(_loader(setup, start, total, cfg, rank, world) if not finished else (), start=start):
+        if STOP.is_set():  # a SIGTERM: keep what was trained since the last checkpoint, then stop
+            if done > saved:
+                checkpoint(done)
             raise Stopped(f"stopped before step {step + 1} of {total}")
         epoch = step // per_epoch
         lr = cosine_schedule(step, total, cfg.lr, cfg.min_lr, warmup)
@@ -380,23 +491,39 @@ def _train(cfg, run_dir: Path, stage: str, resume: bool, rank: int, world: int, 
             break
         if done % cfg.checkpoint_every == 0 and done < total:
             yield TrainEvent("checkpoint", done, total, epoch, path=str(checkpoint(done)))
-    checkpoint(done)
-    out = run_dir / "care"
+    if not finished:
+        checkpoint(done, finished=True)  # the run is done: a resume only writes the outputs below that it lacks
+    out, head = run_dir / "care", run_dir / "head"
     if rank == 0:
-        if setup.validate is not None:  # the best-on-validation weights, not the last ones
-            student.load_state_dict(_load_state(run_dir / "best.pt")["student"])
-        model = objective.export_model()
-        save_checkpoint(model, out, **setup.export_meta, extra={"stage": stage, "steps": done, "run": run_dir.name})
-        if setup.export_head is not None:
-            from care_core.model import read_checkpoint_meta
+        from care_core.model import read_checkpoint_meta
 
-            head = setup.export_head(objective, run_dir, read_checkpoint_meta(out).tensors_sha256,
-                                     {**early["metrics"], "best_epoch": early["best_epoch"]})
-            yield TrainEvent("checkpoint", done, total, cfg.epochs, path=str(head))
+        sha = _output_sha(out, read_checkpoint_meta)
+        if sha is None:
+            if setup.validate is not None:  # the best-on-validation weights, not the last ones
+                student.load_state_dict(_load_state(run_dir / "best.pt")["student"])
+            model = objective.export_model()
+            save_checkpoint(model, out, **setup.export_meta, extra={"stage": stage, "steps": done, "run": run_dir.name})
+            sha = read_checkpoint_meta(out).tensors_sha256
+        if setup.export_head is not None:
+            if not all(head.with_suffix(x).is_file() for x in (".safetensors", ".json")):
+                if setup.validate is not None:
+                    student.load_state_dict(_load_state(run_dir / "best.pt")["student"])
+                setup.export_head(objective, head, sha, {**early["metrics"], "best_epoch": early["best_epoch"]})
+            yield TrainEvent("checkpoint", done, total, cfg.epochs, path=str(head.with_suffix(".safetensors")))
     if tb is not None:
         tb.close()
     yield TrainEvent("end", done, total, cfg.epochs, path=str(out) + ".safetensors")
     return out.with_suffix(".safetensors")
+
+
+def _output_sha(out: Path, read_meta) -> str | None:
+    """The tensors hash of the CARE checkpoint ``out`` when it is complete and readable, else None (to be written)."""
+    if not all(out.with_suffix(x).is_file() for x in (".safetensors", ".json")):
+        return None
+    try:
+        return read_meta(out).tensors_sha256
+    except Exception:  # noqa: BLE001 — a damaged export is written again from the run's final state
+        return None
 
 
 def _logged_step(line: str) -> int:
@@ -414,31 +541,6 @@ def _tensorboard(run_dir: Path):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-def pretrain(run_dir: str | Path, *, stage: str | None = None, config: str | Path | None = None,
-             resume: bool = False) -> Iterator[TrainEvent]:
-    """``care pretrain``: start ``run_dir`` from a config file, or resume it (from its own config.json when
-    ``config`` is None; a given config must equal it, except its RELOCATABLE keys: the data's paths and the
-    device, for a run continued on another machine). Yields the events of ``train``."""
-    from care_core.train.config import config_from_dict, load_config
-
-    run_dir = Path(run_dir)
-    if config is None:
-        if not resume:
-            raise TrainingConfigError("a new run needs --config FILE")
-        try:
-            record = json.loads((run_dir / "config.json").read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise TrainingConfigError(f"{run_dir / 'config.json'}: cannot read the run's config ({exc}); pass --config") from exc
-        if stage is not None and str(stage) != record["stage"]:
-            raise TrainingConfigError(f"{run_dir} is a Stage {record['stage']} run, not Stage {stage}")
-        stage, cfg = record["stage"], config_from_dict(record["stage"], record["config"])
-    else:
-        if stage is None:
-            raise TrainingConfigError("--stage 1 or 2 is needed with --config")
-        cfg = load_config(config, str(stage))
-    return (yield from train(cfg, run_dir, stage=str(stage), resume=resume))
-
-
 def load_run(run_dir: str | Path):
     """(config, objective) of a run folder at its newest checkpoint, in eval mode: the trained heads and
     encoders beside CARE (e.g. Stage II's molecular encoder and projections, for retrieval)."""
@@ -446,14 +548,11 @@ def load_run(run_dir: str | Path):
     from care_core.train.stages import build_stage
 
     run_dir = Path(run_dir)
-    try:
-        record = json.loads((run_dir / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TrainingConfigError(f"{run_dir / 'config.json'}: not a run folder ({exc})") from exc
+    record = read_run_record(run_dir)
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise TrainingConfigError(f"{run_dir} has no training checkpoint yet")
     cfg = config_from_dict(record["stage"], record["config"])
     objective = build_stage(record["stage"], cfg, run_dir).objective
-    objective.load_state_dict(_load_state(ckpt)["objective"])
+    _restore(ckpt, _load_state(ckpt), ("objective",), {"objective": objective})
     return cfg, objective.eval()
