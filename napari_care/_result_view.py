@@ -1,11 +1,11 @@
 """One slide's CARE result on screen: its layers (reused and updated in place on a re-run), the region under a
-world position, the selected region's white outline and centring the view on a region."""
+world position, the selected region's white outline (in the ROI's layer) and centring the view on a region."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ._layers import outline_layer, polygon_outlines, region_layers
+from ._layers import polygon_outlines, region_layers
 from ._view import OUTLINE_PX, camera, set_outline, update_outline_widths, zoom_of
 
 
@@ -18,6 +18,8 @@ class ResultView:
         self.layers: dict[str, object] = {}
         self.result = None
         self.slide = None
+        self.roi_rings: list = []  # the ROI outline; the selected region's outline is drawn after it, in white
+        self.roi_color = (1.0, 1.0, 1.0, 1.0)
 
     def prepare(self, slide, result, head_titles: dict | None = None) -> list:
         """The layer-data tuples of ``result`` over ``slide`` (no Qt: a worker thread may build them)."""
@@ -29,35 +31,42 @@ class ResultView:
         """Put ``new_layers`` on screen one layer per step (a generator: the caller spreads the steps over turns of
         the Qt event loop); layers of a kind the result no longer has are removed."""
         enc = result.encoding
-        if self.slide is None or self.slide.name != slide.name:  # another slide: only the highlight moves over
-            self.layers = {k: v for k, v in self.layers.items() if k == "highlight"}
+        if self.slide is None or self.slide.name != slide.name:  # another slide: its own layers
+            self.layers = {}
         self.slide, self.result = slide, result
-        keys = []
+        keys, placed = [], []
         for data, kwargs, kind in new_layers:
             meta = kwargs["metadata"] = {**kwargs["metadata"], "care_source": slide.name}
             if meta["care_kind"] == "regions":
                 meta.update(care_encoding=enc, model=model_label)
+            if meta["care_kind"] == "roi":
+                self.roi_rings, self.roi_color = list(data), kwargs["edge_color"][0]
             keys.append(meta["care_kind"] + meta.get("head", ""))
-            self.layers[keys[-1]] = self._put_layer(data, kwargs, kind)
+            placed.append(self._put_layer(data, kwargs, kind, new_layers))
+            self.layers[keys[-1]] = placed[-1]
             yield keys[-1]
-        for key in [k for k in self.layers if k not in keys and k != "highlight"]:  # e.g. a head no longer loaded
-            old = self.layers.pop(key)
-            if old in self.viewer.layers:
-                self.viewer.layers.remove(old)
+        for layer in [lyr for lyr in self.viewer.layers if lyr.metadata.get("care_source") == slide.name
+                      and lyr.metadata.get("care_kind") in ("class", "pi", "tissue", "regions", "roi")
+                      and lyr not in placed]:  # e.g. the layer of a head no longer loaded
+            self.viewer.layers.remove(layer)
+        self.layers = {k: v for k, v in self.layers.items() if k in keys}
         update_outline_widths(self.viewer)  # the view may have zoomed since the worker sized the outlines
 
-    def _put_layer(self, data, kwargs: dict, kind: str):
-        """Update this slide's layer of the same CARE kind in place, or add it. (Removing a napari layer runs a
-        full garbage collection, a second or more with torch loaded, so layers are reused.)"""
+    def _put_layer(self, data, kwargs: dict, kind: str, new_layers: list):
+        """Update this slide's layer of the same CARE kind in place, or add it. A head's class layer is reused
+        for another head when its own head has no layer in ``new_layers``. (Creating a napari layer stalls the
+        window for about half a second, removing one runs a full garbage collection: layers are reused.)"""
         meta = kwargs["metadata"]
-        for old in self.viewer.layers:
-            same = old.metadata.get("care_source") == meta["care_source"] and old.metadata.get("care_kind") == meta["care_kind"]
-            if same and old.metadata.get("head") == meta.get("head") and old._type_string == kind:
-                break
-        else:
+        heads = {kw["metadata"].get("head") for _, kw, _ in new_layers}
+        mine = [old for old in self.viewer.layers if old.metadata.get("care_source") == meta["care_source"]
+                and old.metadata.get("care_kind") == meta["care_kind"] and old._type_string == kind]
+        old = next((o for o in mine if o.metadata.get("head") == meta.get("head")), None)
+        if old is None and meta["care_kind"] == "class":
+            old = next((o for o in mine if o.metadata.get("head") not in heads), None)
+        if old is None:
             return getattr(self.viewer, f"add_{kind}")(data, **kwargs)
         if kind == "shapes":
-            set_outline(old, data, kwargs["edge_width"], kwargs["edge_color"][0])
+            set_outline(old, data, kwargs["edge_width"], kwargs["edge_color"])
         else:
             old.data = data
             for key in ("scale", "translate", "colormap", "contrast_limits", "name"):
@@ -78,23 +87,17 @@ class ResultView:
         return value - 1 if value > 0 else None
 
     def highlight(self, region_id: int | None) -> None:
-        """Outline ``region_id`` in white (None: no outline)."""
+        """Outline ``region_id`` in white (None: no outline), drawn in the ROI's layer after the ROI (one layer
+        fewer to create and to draw: creating a napari layer stalls the window for about half a second)."""
         from care_core.regions import region_geometry
 
-        mpp = self.slide.metadata["mpp"]
+        roi = self.layers.get("roi")
+        if roi is None or roi not in self.viewer.layers:
+            return
         geometry = None if region_id is None else region_geometry(self.result.encoding, region_id)
-        highlight = self.layers.get("highlight")
-        if highlight is not None and highlight in self.viewer.layers:
-            data = [] if geometry is None else polygon_outlines(geometry, mpp)
-            set_outline(highlight, data, OUTLINE_PX["highlight"] / zoom_of(self.viewer), (1.0, 1.0, 1.0, 1.0))
-        elif geometry is not None:
-            data, kwargs, _ = outline_layer(geometry, mpp, name=f"{self.slide.name} selected", color=(255, 255, 255),
-                                            kind="highlight", zoom=zoom_of(self.viewer))
-            kwargs["metadata"]["care_source"] = self.slide.name
-            active = self.viewer.layers.selection.active
-            self.layers["highlight"] = self.viewer.add_shapes(data, **kwargs)
-            if active is not None:
-                self.viewer.layers.selection.active = active
+        selected = [] if geometry is None else polygon_outlines(geometry, self.slide.metadata["mpp"])
+        colors = [self.roi_color] * len(self.roi_rings) + [(1.0, 1.0, 1.0, 1.0)] * len(selected)
+        set_outline(roi, self.roi_rings + selected, OUTLINE_PX["roi"] / zoom_of(self.viewer), colors)
 
     def centre_on(self, region_id: int) -> None:
         """Centre the view on the region's patch nearest its centroid: on tissue of the region even when the

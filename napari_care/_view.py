@@ -7,7 +7,7 @@ import numpy as np
 
 from ._layers import ROI_SCREEN_PX
 
-OUTLINE_PX = {"roi": ROI_SCREEN_PX, "highlight": ROI_SCREEN_PX, "annotations": 2.0}  # screen px per outline kind
+OUTLINE_PX = {"roi": ROI_SCREEN_PX, "annotations": 2.0}  # screen px per outline kind
 
 
 def camera(viewer):
@@ -59,11 +59,13 @@ def _is_empty(layer) -> bool:
 
 
 def set_outline(layer, rings: list, edge_width: float, edge_color) -> None:
-    """Replace a Shapes layer's polygons by ``rings`` (outlines only), keeping the layer."""
+    """Replace a Shapes layer's polygons by ``rings`` (outlines only), keeping the layer. edge_color: one RGBA,
+    or one per ring."""
     layer.data = [(ring, "polygon") for ring in rings]
     if rings:
         set_edge_width(layer, edge_width)
-        layer.edge_color = np.tile(np.asarray(edge_color, float), (len(rings), 1))
+        colors = np.asarray(edge_color, float).reshape(-1, 4)
+        layer.edge_color = colors if len(colors) == len(rings) else np.tile(colors[0], (len(rings), 1))
         layer.face_color = "transparent"
 
 

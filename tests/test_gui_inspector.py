@@ -75,12 +75,16 @@ def test_click_selects_the_region_under_the_cursor(shown):
     text = widget.inspector.details.text()
     assert "region 1" in text and "the ROI" not in text and "tissue: <b>stroma</b> (tumour 20%, stroma 80%)" in text
     assert "survival: risk" in text and " mm²" in text and "π " in text
-    highlight = widget.layers["highlight"]
-    assert highlight.nshapes >= 1 and tuple(highlight.edge_color[0]) == (1, 1, 1, 1)
+    roi = widget.layers["roi"]  # the selected region is outlined in white after the ROI's gold outline
+
+    def white() -> int:
+        return sum(tuple(c) == (1, 1, 1, 1) for c in roi.edge_color)
+
+    assert white() >= 1 and tuple(roi.edge_color[0]) != (1, 1, 1, 1) and roi.nshapes == white() + len(widget.view.roi_rings)
     _click(viewer, _patch_centre_um(enc, 0))
     assert widget.inspector.selected == 0 and "tissue: <b>tumour</b> (tumour 90%, stroma 10%)" in widget.inspector.details.text()
     _click(viewer, (-50.0, -50.0))  # off the regions: nothing selected
-    assert widget.inspector.selected is None and highlight.nshapes == 0
+    assert widget.inspector.selected is None and white() == 0 and roi.nshapes == len(widget.view.roi_rings)
     summary = widget.inspector.slide_summary.text()
     assert "<b>tissue</b>: <b>stroma</b> (tumour 30%, stroma 70%)" in summary and "<b>survival</b>: risk 1.25" in summary
     # hovering, whatever layer is selected, gives readable values

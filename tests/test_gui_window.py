@@ -74,6 +74,8 @@ def test_a_new_care_takes_only_heads_trained_on_it(viewer_with_slide, qtbot, two
     _run(qtbot, widget)
     (pred,) = widget.result.encoding.predictions
     assert pred.head == "labels_region_region_all" and np.all(pred.region_proba[:, 1] > 0.9)
+    assert [lyr.name for lyr in viewer_with_slide.layers if lyr.metadata.get("care_kind") == "class"] == [
+        "small region classifier: stroma / tumour"]  # one class layer, updated in place
     # what the user reads: a readable title, the samples the metrics rest on, the optimism, no slide-level call
     notes = widget.heads_label.text()
     assert "region classifier: stroma / tumour" in notes and "labels_region" not in notes
@@ -97,14 +99,14 @@ def test_a_region_below_the_threshold_shows_as_mixed(viewer_with_slide, qtbot, t
     assert "<b>mixed (tumour 55%)</b>" in widget.inspector.details.text()
 
 
-def _drawn_edge_px(viewer, layer) -> float:
+def _drawn_edge_px(viewer, layer, colour=None) -> float:
     """Width in screen px of the outline as napari draws it: a screenshot, the pixels of the outline's colour
     over the length of their skeleton. (Hide the other layers first; toggling a layer's visibility would
     redraw it.)"""
     from skimage.morphology import skeletonize
 
     shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
-    colour = np.round(np.asarray(layer.edge_color[0][:3]) * 255).astype(int)
+    colour = np.round(np.asarray(layer.edge_color[0][:3]) * 255).astype(int) if colour is None else np.asarray(colour)
     mask = np.abs(shot - colour).max(axis=-1) < 100
     return float(mask.sum() / max(skeletonize(mask).sum(), 1))
 
@@ -122,10 +124,12 @@ def test_roi_outline_is_drawn_3_screen_px_wide_at_every_zoom(viewer_with_slide, 
     assert _drawn_edge_px(viewer, roi) == pytest.approx(3.0, abs=0.8)
     viewer.reset_view()  # Home
     assert _drawn_edge_px(viewer, roi) == pytest.approx(3.0, abs=0.8)
-    roi.visible = False
+    roi.edge_color = [(0.0, 0.0, 0.0, 1.0)] * roi.nshapes  # only the selected region's white outline shows
     widget.select_region(0)
     viewer.camera.zoom *= 0.5
-    assert _drawn_edge_px(viewer, viewer.layers["small selected"]) == pytest.approx(3.0, abs=0.8)
+    selected = viewer.layers["small ROI"]
+    assert tuple(selected.edge_color[-1]) == (1, 1, 1, 1)
+    assert _drawn_edge_px(viewer, selected, colour=(255, 255, 255)) == pytest.approx(3.0, abs=0.8)
 
 
 def test_a_drawn_shapes_layer_keeps_um_on_the_scale_bar(viewer_with_slide, qtbot):
