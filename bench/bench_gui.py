@@ -226,7 +226,7 @@ def bench_100k(viewer, widget) -> None:
     slide = viewer.layers[0]
     for layer in [lyr for lyr in viewer.layers if "care_source" in lyr.metadata]:
         viewer.layers.remove(layer)  # the 100k layers are created, not updated in place
-    widget.layers = {}
+    widget.view.layers = {}
     slide_pan = _pan_ms(viewer)
     result = SlideResult(enc, np.zeros((10, 10), bool), 2048.0)
     rss0 = _rss_mb()

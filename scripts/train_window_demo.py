@@ -40,6 +40,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("demo-output/train-window"))
     ap.add_argument("--readme-image", type=Path, default=None, help="also save the screenshot as this JPEG")
+    ap.add_argument("--export-image", type=Path, default=None,
+                    help="also save, as this JPEG, the regions' GeoJSON export opened back over the slide")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("NAPARI_CARE_CACHE", str(args.out / "cache"))
@@ -74,7 +76,7 @@ def main() -> None:
         if layer._type_string == "image":
             layer.visible = layer.name == slides[0].stem
     care, train = CareWidget(viewer), TrainWidget(viewer)
-    viewer.window.add_dock_widget(care, name="CARE regions")
+    care_dock = viewer.window.add_dock_widget(care, name="CARE regions")
     viewer.window.add_dock_widget(train, name="Train CARE", tabify=True)
     care.slide.value = viewer.layers[slides[0].stem]
     train.job_choice.value = REGION
@@ -93,13 +95,29 @@ def main() -> None:
     for layer in viewer.layers:  # show each region's predicted class over the slide
         if layer.metadata.get("care_kind") == "class":
             layer.visible = True
+    enc = care.result.encoding  # the region most sure of its class, in the inspector
+    care.select_region(int(enc.predictions[0].region_proba.max(axis=1).argmax()))
+    care_dock.raise_()
+    viewer.reset_view()
     _settle(3.0)
     _grab(viewer, args.out / "napari_train.png")
     print(care.inspector.slide_summary.text())
-    if args.readme_image is not None:
-        from PIL import Image
+    # the export, opened back over the slide: each region classified (and coloured) as its predicted class
+    care.export_to(args.out / "export", formats=("geojson",))
+    _wait(lambda: care.export_button.isEnabled())
+    for layer in viewer.layers:
+        layer.visible = layer._type_string == "image" and layer.name == slides[0].stem
+    shapes = care.import_annotations(args.out / "export" / f"{slides[0].stem}_regions.geojson")
+    shapes.face_color = [(*c[:3], 0.35) for c in shapes.edge_color]
+    care.tabs.setCurrentIndex(1)
+    viewer.reset_view()
+    _settle(3.0)
+    _grab(viewer, args.out / "napari_export.png")
+    from PIL import Image
 
-        Image.open(args.out / "napari_train.png").convert("RGB").save(args.readme_image, quality=85)
+    for png, jpg in (("napari_train.png", args.readme_image), ("napari_export.png", args.export_image)):
+        if jpg is not None:
+            Image.open(args.out / png).convert("RGB").save(jpg, quality=85)
     viewer.close()
 
 
