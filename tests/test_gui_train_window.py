@@ -5,7 +5,6 @@ widget never makes the window taller than it was."""
 
 from __future__ import annotations
 
-import pytest
 from test_gui_train import cancel_jobs  # noqa: F401  (cancel what a test left running)
 from test_gui_train_form import TIMEOUT_MS, _docked, _finish, _form, tiny_checkpoint  # noqa: F401
 from test_train_jobs import cohort  # noqa: F401
