@@ -32,15 +32,19 @@ def show_scale_bar(viewer) -> None:
     bar = scale_bar(viewer)
     bar.visible = True
     bar.position = "bottom_left"
-    if not getattr(viewer, "_care_keeps_units", False):
-        viewer.layers.events.inserted.connect(lambda event: give_slide_units(viewer, event.value))
-        viewer._care_keeps_units = True
+    inserted = viewer.layers.events.inserted
+    if _on_inserted not in inserted.callbacks:
+        inserted.connect(_on_inserted)
 
 
-def give_slide_units(viewer, layer) -> None:
+def _on_inserted(event) -> None:
+    give_slide_units(event.source, event.value)
+
+
+def give_slide_units(layers, layer) -> None:
     """A layer added over a slide in µm without units of its own (napari's new Shapes / Points / Labels layer)
     gets µm; an empty one also gets the slide's scale, so what is drawn lands where it is drawn."""
-    slide = next((lyr for lyr in viewer.layers if lyr.metadata.get("path") and lyr.metadata.get("mpp")), None)
+    slide = next((lyr for lyr in layers if lyr.metadata.get("path") and lyr.metadata.get("mpp")), None)
     if slide is None or layer is slide or layer.metadata.get("path"):
         return
     units = tuple(str(u) for u in layer.units[-2:])
