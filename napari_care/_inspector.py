@@ -212,8 +212,9 @@ class InspectorPanel(QWidget):
         i = order.index(self.selected) + delta if self.selected in order else (0 if delta > 0 else -1)
         self.region_selected.emit(order[i % len(order)])
 
-    def show_region(self, region_id: int | None) -> None:
-        """Show ``region_id``'s details and select its table row (None clears the selection)."""
+    def show_region(self, region_id: int | None, composition: dict | None = None) -> None:
+        """Show ``region_id``'s details and select its table row (None clears the selection). composition: {class:
+        share of the region} from annotations over the slide, shown with it (a prediction's purity)."""
         self.selected = region_id
         self.table.blockSignals(True)
         try:
@@ -226,10 +227,13 @@ class InspectorPanel(QWidget):
         finally:
             self.table.blockSignals(False)
         known = region_id is not None and 0 <= region_id < len(self.rows)
-        self.details.setText(self.describe(region_id, rich=True) if known else "Click a region on the slide, or a row below.")
+        self.details.setText(self.describe(region_id, rich=True, composition=composition) if known
+                             else "Click a region on the slide, or a row below.")
 
-    def describe(self, region_id: int, *, rich: bool = False) -> str:
-        """Readable values of one region: size, π/α/β, ROI, each head's prediction (HTML when ``rich``)."""
+    def describe(self, region_id: int, *, rich: bool = False, composition: dict | None = None) -> str:
+        """Readable values of one region: size, π/α/β, ROI, each head's prediction (HTML when ``rich``); with
+        ``composition`` ({class: share} from annotations), what the annotations say and each prediction's purity
+        (the share of the region its class covers; 'mixed' under MIXED_BELOW)."""
         row = self.rows[region_id]
         esc = html.escape if rich else str
         bold = (lambda t: f"<b>{t}</b>") if rich else str
@@ -246,7 +250,16 @@ class InspectorPanel(QWidget):
                 parts.append(f"{esc(self.title(pred.head))}: risk {p[0]:.2f}")
                 continue
             probs = ", ".join(f"{esc(c)} {v:.0%}" for c, v in zip(pred.classes, p))
-            parts.append(f"{esc(self.title(pred.head))}: {bold(esc(region_call(pred.classes, p)))} ({probs})")
+            call = region_call(pred.classes, p)
+            purity = ""
+            if composition:
+                share = composition.get(pred.classes[int(p.argmax())], 0.0)
+                purity = f"; purity {share:.0%}"
+                if share < MIXED_BELOW and not call.startswith("mixed"):
+                    call = f"mixed ({call} {share:.0%} by the annotations)"
+            parts.append(f"{esc(self.title(pred.head))}: {bold(esc(call))} ({probs}{purity})")
+        if composition:
+            parts.append("annotated: " + ", ".join(f"{esc(c)} {f:.0%}" for c, f in composition.items()))
         return ("<br>" if rich else " · ").join(parts)
 
     def show_hover(self, region_id: int | None) -> None:

@@ -3,6 +3,8 @@ world position, the selected region's white outline (in the ROI's layer) and cen
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ._layers import polygon_outlines, region_layers
@@ -20,6 +22,7 @@ class ResultView:
         self.slide = None
         self.roi_rings: list = []  # the ROI outline; the selected region's outline is drawn after it, in white
         self.roi_color = (1.0, 1.0, 1.0, 1.0)
+        self._annotations: tuple = ((), {})  # (which layers, {class: shapely geometry in level-0 px})
 
     def prepare(self, slide, result, head_titles: dict | None = None) -> list:
         """The layer-data tuples of ``result`` over ``slide`` (no Qt: a worker thread may build them)."""
@@ -98,6 +101,40 @@ class ResultView:
         selected = [] if geometry is None else polygon_outlines(geometry, self.slide.metadata["mpp"])
         colors = [self.roi_color] * len(self.roi_rings) + [(1.0, 1.0, 1.0, 1.0)] * len(selected)
         set_outline(roi, self.roi_rings + selected, OUTLINE_PX["roi"] / zoom_of(self.viewer), colors)
+
+    def annotated_classes(self) -> dict:
+        """{class: level-0 geometry} of the annotation layers over the shown slide (Shapes layers drawn or imported
+        over it: each shape's 'class', else its layer's name); read again only when those layers change."""
+        from shapely import unary_union
+
+        from ._train_inputs import annotations_from_layers
+
+        stem = Path(self.slide.metadata["path"]).stem
+        alone = sum(1 for lyr in self.viewer.layers if lyr._type_string == "image" and lyr.metadata.get("path")) == 1
+        layers = [lyr for lyr in self.viewer.layers if lyr._type_string == "shapes" and len(lyr.data)
+                  and lyr.metadata.get("care_kind") in (None, "annotations")
+                  and (lyr.metadata.get("care_source") in (stem, self.slide.name)
+                       or (alone and lyr.metadata.get("care_source") is None))]
+        key = tuple((id(lyr), len(lyr.data), lyr.name) for lyr in layers)
+        if key != self._annotations[0]:
+            by_class: dict[str, list] = {}
+            for ann in annotations_from_layers(layers, {stem: self.slide}).get(stem, []):
+                by_class.setdefault(ann.classification, []).append(ann.geometry)
+            self._annotations = (key, {c: unary_union(g) for c, g in by_class.items()})
+        return self._annotations[1]
+
+    def composition(self, region_id: int) -> dict[str, float]:
+        """{class: fraction of the region's patches whose centre the annotations of that class cover}, largest
+        first; {} when no annotation layer lies over the slide."""
+        import shapely
+
+        classes = self.annotated_classes()
+        if not classes:
+            return {}
+        enc = self.result.encoding
+        points = shapely.points(enc.coords[enc.patch_region == region_id] + enc.patch_size_level0 / 2.0)
+        shares = {c: float(shapely.contains(g, points).mean()) for c, g in classes.items()}
+        return dict(sorted(((c, f) for c, f in shares.items() if f > 0), key=lambda cf: -cf[1]))
 
     def centre_on(self, region_id: int) -> None:
         """Centre the view on the region's patch nearest its centroid: on tissue of the region even when the

@@ -383,9 +383,10 @@ class CareWidget(QWidget):
     def select_region(self, region_id: int | None, *, center: bool = False) -> None:
         """Highlight ``region_id`` (a white outline), show it in the inspector, optionally centre the view on a
         patch of it."""
-        self.inspector.show_region(region_id)
         if self.result is None:
+            self.inspector.show_region(region_id)
             return
+        self.inspector.show_region(region_id, None if region_id is None else self.view.composition(region_id))
         self.view.highlight(region_id)
         if center and region_id is not None:
             self.view.centre_on(region_id)

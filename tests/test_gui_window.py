@@ -261,3 +261,35 @@ def test_export_carries_the_prediction_clipped_to_the_slide_with_tissue_area(vie
     # opened back over the slide, the regions carry their predicted classes
     shapes = widget.import_annotations(tmp_path / "out" / "small_regions.geojson")
     assert set(shapes.features["class"]) == {"tumour"}
+
+
+def test_a_region_half_annotated_otherwise_reads_mixed_with_its_purity(make_napari_viewer):
+    """A region the head calls 100 % tumour, whose patches the pathologist's annotations split tumour / stroma:
+    the inspector shows the composition and marks the call mixed, with its purity."""
+    from care_core.model.encoding import HeadPrediction, SlideEncoding
+    from care_core.pipeline import SlideResult
+
+    grid = np.array([(c, r) for r in range(4) for c in range(8)])
+    region = (grid[:, 0] >= 4).astype(np.int64)  # region 0: columns 0-3, region 1: columns 4-7
+    pi = np.array([0.6, 0.4], np.float32)
+    enc = SlideEncoding(slide_embedding=np.zeros(4, np.float32), region_embeddings=np.zeros((2, 4), np.float32),
+                        patch_region=region, region_subregion=np.arange(2), pi=pi, alpha=pi, beta=pi, roi=0,
+                        coords=grid * 512, grid=grid, patch_size_level0=512, mpp=0.5, patch_px=256, meta={})
+    enc.predictions = [HeadPrediction("tissue", ("stroma", "tumour"), np.array([0.2, 0.8]),
+                                      np.array([[0.0, 1.0], [1.0, 0.0]]))]
+    viewer = make_napari_viewer()
+    slide = viewer.add_image(np.zeros((2048, 4096), np.uint8), scale=(0.5, 0.5), units=("µm", "µm"),
+                             metadata={"path": "pieces.tif", "mpp": 0.5}, name="pieces")
+    widget = CareWidget(viewer)
+    widget.show_result(slide, SlideResult(enc, np.zeros((4, 8), bool), 512.0))
+    widget.select_region(0)
+    assert "<b>tumour</b>" in widget.inspector.details.text()  # no annotations: the head's call
+    h, w = 4 * 512 * 0.5, 4 * 512 * 0.5  # region 0 in µm: its top half tumour, its bottom half stroma
+    viewer.add_shapes([np.array([[0, 0], [0, w], [h / 2, w], [h / 2, 0]])], shape_type="polygon", name="tumour")
+    viewer.add_shapes([np.array([[h / 2, 0], [h / 2, w], [h, w], [h, 0]])], shape_type="polygon", name="stroma")
+    widget.select_region(0)
+    text = widget.inspector.details.text()
+    assert "<b>mixed (tumour 50% by the annotations)</b>" in text and "purity 50%" in text
+    assert "annotated: tumour 50%, stroma 50%" in text or "annotated: stroma 50%, tumour 50%" in text
+    widget.select_region(1)
+    assert "annotated" not in widget.inspector.details.text()  # nothing drawn over region 1
