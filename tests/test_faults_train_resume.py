@@ -21,6 +21,9 @@ from test_train_finetune import config, labelled  # noqa: F401 (labelled: a fixt
 from test_train_trainer import ENV, cli, cohort, write_config  # noqa: F401 (cohort: a fixture)
 from train_cohort import tiny_stage1
 
+# MKL's results may depend on how a process's buffers happen to be aligned; its strict mode makes two processes agree
+EXACT = {**ENV, "MKL_CBWR": "COMPATIBLE"}
+
 # a child `care` whose process SIGKILLs itself at one moment of the export (after the run's final checkpoint)
 KILLER = """
 import os, signal, sys
@@ -72,7 +75,7 @@ def files_of(run: Path) -> dict[str, object]:
 
 def killed(moment: str, conf: Path, run: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", KILLER, moment, "finetune", "--config", str(conf), "--out", str(run)],
-                          env=ENV, capture_output=True, text=True)
+                          env=EXACT, capture_output=True, text=True)
 
 
 # ------------------------------------------------------------------------------------------ a finished run is done
@@ -81,13 +84,13 @@ def test_a_fine_tune_killed_at_any_moment_ends_with_the_files_of_one_never_stopp
     exports; each resumed run ends with the reference's files, byte for byte, and a finished run trains no more."""
     conf = write_config(tmp_path / "c.json", config(labelled, epochs=30, min_epochs=3, patience=2, lr=0.3, min_lr=0.3,
                                                     checkpoint_every=3, keep_checkpoints=50))
-    ref = cli("finetune", "--config", conf, "--out", tmp_path / "ref" / "run")
+    ref = cli("finetune", "--config", conf, "--out", tmp_path / "ref" / "run", env=EXACT)
     assert ref.returncode == 0, ref.stderr
     want = files_of(tmp_path / "ref" / "run")
     last = torch.load(sorted((tmp_path / "ref" / "run" / "checkpoints").glob("step_*.pt"))[-1], weights_only=True)
     assert last["finished"] and last["step"] < 30 * 3  # stopped early, and says it is done
 
-    again = cli("finetune", "--resume", tmp_path / "ref" / "run")  # a finished run: nothing to train, nothing to write
+    again = cli("finetune", "--resume", tmp_path / "ref" / "run", env=EXACT)  # a finished run: nothing to train, nothing to write
     assert again.returncode == 0, again.stderr
     assert files_of(tmp_path / "ref" / "run") == want
 
@@ -97,19 +100,19 @@ def test_a_fine_tune_killed_at_any_moment_ends_with_the_files_of_one_never_stopp
         assert killed(moment, conf, run).returncode == -signal.SIGKILL
         assert [n for n in absent if (run / n).exists()] == []
         kept = {n: (run / n).stat().st_mtime_ns for n in ("care.json", "care.safetensors") if n not in absent}
-        res = cli("finetune", "--resume", run)
+        res = cli("finetune", "--resume", run, env=EXACT)
         assert res.returncode == 0, res.stderr
         assert files_of(run) == want, moment
         assert {n: (run / n).stat().st_mtime_ns for n in kept} == kept  # what was there is not written again
 
     run = tmp_path / "mid" / "run"  # an asynchronous kill once the second checkpoint is on disk
     child = subprocess.Popen([sys.executable, "-m", "care_core.cli", "finetune", "--config", str(conf), "--out", str(run)],
-                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             env=EXACT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: len(list((run / "checkpoints").glob("step_*.pt"))) >= 2, child)
     child.kill()
     child.wait()
     assert not (run / "head.json").exists()
-    res = cli("finetune", "--resume", run)
+    res = cli("finetune", "--resume", run, env=EXACT)
     assert res.returncode == 0, res.stderr
     assert files_of(run) == want
 
