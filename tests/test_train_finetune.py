@@ -117,3 +117,27 @@ def test_care_evaluate_finetune_protocol_trains_each_fold_and_scores_its_test_sl
         assert head.protocol == "finetune" and head.metrics["validation"]["val_loss"] > 0
     rows = (tmp_path / "out" / "test_predictions.csv").read_text().splitlines()
     assert rows[0] == "sample,fold,truth,p(normal),p(tumour)" and len(rows) == 1 + 12
+
+
+def test_finetune_checks_every_feature_file_before_anything_is_trained(labelled, tmp_path):
+    """The pre-flight care evaluate runs: a file of another encoder or another width is named before step 1, and no
+    checkpoint is left to resume."""
+    import shutil
+
+    from care_core.features import load_features
+
+    for name, change in (("encoder", dict(encoder="uni_v2")), ("width", None)):
+        root = tmp_path / name
+        shutil.copytree(labelled, root)
+        odd = sorted((root / "features").glob("*.h5"))[3]
+        pf = load_features(odd)
+        if change is None:
+            pf.features = np.concatenate([pf.features, pf.features], axis=1)
+        else:
+            pf.encoder = change["encoder"]
+        odd.unlink()
+        pf.save(odd)
+        message = "mix patch encoders" if name == "encoder" else f"feature file {str(odd)!r} holds 16-d features"
+        with pytest.raises(TrainingConfigError, match=message):
+            list(train(config_from_dict("finetune", config(root)), tmp_path / f"run-{name}"))
+        assert not list((tmp_path / f"run-{name}").glob("**/*.safetensors"))

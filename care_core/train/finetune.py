@@ -95,6 +95,7 @@ class _LabelledSlide:
 def build_finetune(cfg, run_dir: Path):
     """The fine-tuning ``StageSetup``: one fold's training samples, validation scoring, the head export."""
     from care_core.evaluate.cohort import match_features
+    from care_core.evaluate.inputs import check_feature_files
     from care_core.evaluate.labels import read_labels
     from care_core.evaluate.splits import load_splits, make_splits, save_splits
 
@@ -103,8 +104,9 @@ def build_finetune(cfg, run_dir: Path):
     if survival and cfg.batch_size < 2:  # one slide has no pair to rank: the loss would be 0 at every step
         raise TrainingConfigError(f"labels {cfg.labels!r} are survival times: the Cox loss ranks the slides of a batch, "
                                   f"so batch_size={cfg.batch_size} learns nothing; set batch_size >= 2 (16 is a good start)")
-    try:
+    try:  # the pre-flight care evaluate runs: every file's header, one encoder, one width, fit to the init
         files = match_features(table, [str(p) for p in feature_files(cfg.features)])
+        check_feature_files(files, cfg.init or None)
     except InvalidInputError as exc:
         raise TrainingConfigError(str(exc)) from exc
     if cfg.splits:
