@@ -31,6 +31,7 @@ from care_core.errors import InvalidInputError
 
 from ._form import head_info
 from ._inspector import wrapping_label
+from ._train_results import folds_note, run_result
 from ._train_progress import LossPlot, earlier_part_s, eta_text, last_checkpoint_step, metrics_text, plot_metrics_file
 from ._train_inputs import (
     FINETUNE,
@@ -361,7 +362,7 @@ class TrainWidget(QWidget):
             earlier = f" ({eta_text(self._earlier_s)} of it before the resume)" if self._earlier_s else ""
             self.progress_label.setText(f"done in {eta_text(took)}{earlier}")
             if command == "evaluate":
-                self.metrics_label.setText("cross-validated: " + metrics_text(ev.metrics) + _folds_note(self.job.run_dir))
+                self.metrics_label.setText("cross-validated: " + metrics_text(ev.metrics) + folds_note(self.job.run_dir))
             self.status.setText(f"done: {ev.path}")
             self.offer_result(self.job.run_dir)
 
@@ -498,32 +499,6 @@ def _preload() -> None:
     the background when the widget opens, so pressing Start does not stall the window on first imports."""
     import pandas  # noqa: F401
     import sklearn.model_selection  # noqa: F401
-
-
-def run_result(run_dir: str | Path) -> tuple[Path | None, Path | None]:
-    """(CARE checkpoint, head) a finished run folder gives: a fine-tune's ``care`` and ``head``; a probe's final
-    head and the CARE it was trained on (from its job.json); (None, None) when it has not finished."""
-    from care_core.train.jobs import read_job
-
-    run_dir = Path(run_dir)
-    care, head = run_dir / "care.safetensors", run_dir / "head.safetensors"
-    if care.is_file():
-        return care, head if head.is_file() else None
-    finals = sorted((run_dir / "heads").glob("*_all.safetensors"))
-    if not finals:
-        return None, None
-    model = ((read_job(run_dir) or {}).get("job_inputs") or {}).get("model") or None
-    return (Path(model) if model else None), finals[-1]
-
-
-def _folds_note(run_dir: Path) -> str:
-    """A warning when a region classifier's folds split regions, not patients (too few annotated slides)."""
-    try:
-        by = json.loads((Path(run_dir) / "results.json").read_text()).get("folds_by")
-    except (OSError, ValueError):
-        return ""
-    return (" (folds split regions, not slides: too few annotated slides per class, so this estimate is "
-            "optimistic; annotate more slides)") if by == "region" else ""
 
 
 def _path(value) -> Path | None:

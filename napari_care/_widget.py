@@ -37,6 +37,7 @@ from ._form import (
 from ._inspector import InspectorPanel, wrapping_label
 from ._layers import annotation_layer
 from ._result_view import ResultView
+from ._run import Placed, record_tissue_fraction, run_and_prepare
 from ._view import OUTLINE_PX, camera, show_scale_bar, update_outline_widths, zoom_of
 
 __all__ = ["CareWidget", "DEMO", "FILE", "UNTRAINED", "camera", "gui_message", "show_scale_bar"]
@@ -273,8 +274,8 @@ class CareWidget(QWidget):
                       target_mpp=self.target_mpp.value or None, patch_px=self.patch_px.value or None,
                       min_tissue=self.min_tissue.value, device=self.device.value, cache=self.cache, stop=self._stop)
         view, titles = self.view, {name: i.title for name, i in infos.items()}
-        placed = _Placed(layer.name, mpp, layer.metadata.get("path"))
-        worker = create_worker(_run_and_prepare, view, placed, titles, kwargs,
+        placed = Placed(layer.name, mpp, layer.metadata.get("path"))
+        worker = create_worker(run_and_prepare, view, placed, titles, kwargs,
                                _start_thread=False, _ignore_errors=True)  # errors go to _on_error only
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda done: self._on_done(layer, done, model_label, mpp, infos))
@@ -464,43 +465,6 @@ class CareWidget(QWidget):
         shapes = self.viewer.add_shapes(data, **kwargs)
         self.status.setText(f"{len(annotations)} annotations from {Path(path).name}")
         return shapes
-
-
-class _Placed:
-    """What the worker needs of the slide layer to build the result's layers (no napari layer off the Qt
-    thread): its name and pixel size."""
-
-    def __init__(self, name: str, mpp: float | None, path) -> None:
-        self.name, self.metadata = name, {"mpp": mpp, "path": path}
-
-
-def _run_and_prepare(view: ResultView, slide: _Placed, titles: dict, kwargs: dict):
-    """The pipeline on ``slide`` (yields its progress), then the result's layer data, both in the worker:
-    (SlideResult, layer-data tuples), or None when cancelled."""
-    from care_core.pipeline import iter_slide_pipeline
-
-    result = yield from iter_slide_pipeline(slide.metadata["path"], **kwargs)
-    if result is None:
-        return None
-    record_tissue_fraction(result)
-    if slide.metadata["mpp"] is None:
-        slide.metadata["mpp"] = result.encoding.meta.get("slide_mpp")
-    return result, view.prepare(slide, result, titles)
-
-
-def record_tissue_fraction(result) -> None:
-    """Record in the encoding's meta the tissue fraction of each patch (from the run's tissue mask), so the
-    inspector and the exports give each region's area of tissue, not of whole patches over glass."""
-    from types import SimpleNamespace
-
-    from care_core.wsi.patches import tissue_fractions
-
-    enc = result.encoding
-    if "patch_tissue_fraction" in enc.meta or result.tissue_mask is None or not result.tissue_mask.size:
-        return
-    tissue = SimpleNamespace(mask=result.tissue_mask, downsample=float(result.tissue_downsample))
-    enc.meta["patch_tissue_fraction"] = [round(float(f), 4) for f in
-                                         tissue_fractions(tissue, enc.coords, enc.patch_size_level0)]
 
 
 def _preload() -> None:
