@@ -54,7 +54,7 @@ def main() -> None:
             out_b.mkdir()
             results["in-process"].append(timed(lambda: run_cohort([slide], out_a, encoder="stain-texture", device="cpu")))
             todo = [(0, SlideEntry(Path(slide)), out_b / "sample.h5", "")]
-            results["cluster"].append(timed(lambda: cohort._run_tasks(todo, cfg, None, 1, None, None)))
+            results["cluster"].append(timed(lambda: cohort._run_tasks(todo, cfg, None, 1, None, None, {})))
             assert (out_a / "sample.h5").read_bytes() != b"" and (out_b / "sample.h5").is_file()
     best = {k: min(v) for k, v in results.items()}  # fastest wall of the repeats (less noise from other processes)
     for name, (wall, user, sys_) in best.items():

@@ -269,9 +269,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from care_core.encode import resolve_model
     from care_core.evaluate.predict import iter_predict
 
-    model = _care_model(args, "predict") or resolve_model(None)
+    from care_core.model import demo_heads
+
+    model = _care_model(args, "predict")
+    heads = args.head or ([] if model is not None else demo_heads())
+    if not heads:
+        raise SystemExit("care predict: error: give --head (the demo heads go only with the demo checkpoint, "
+                         "and are not installed)" if model is None else "care predict: error: give --head")
+    model = model or resolve_model(None)
     bar = None
-    with closing(iter_predict(args.features, model, args.head, args.out, allow_pickle=args.allow_pickle)) as slides:
+    with closing(iter_predict(args.features, model, heads, args.out, allow_pickle=args.allow_pickle)) as slides:
         for i, total, path, written in slides:
             bar = bar or tqdm(total=total, unit="slide", desc="predict")
             bar.update(1)
@@ -452,8 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("features", type=Path, nargs="+", help="feature files (.h5) or folders of them")
     p.add_argument("--model", type=Path, default=None, help="CARE checkpoint the heads were trained with")
     p.add_argument("--untrained", type=int, default=None, metavar="SEED", help="an untrained CARE (random weights, seed)")
-    p.add_argument("--head", type=Path, action="append", required=True,
-                   help="a head written by care evaluate (.safetensors with its .json); repeat for several")
+    p.add_argument("--head", type=Path, action="append", default=[],
+                   help="a head written by care evaluate (.safetensors with its .json); repeat for several "
+                        "(default with the demo checkpoint: the demo heads)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--allow-pickle", action="store_true", help="also read the CARE authors' pickled .npy feature files")
     p.set_defaults(func=_cmd_predict)

@@ -191,8 +191,15 @@ class CareWidget(QWidget):
         return typed
 
     def _update_checkpoint_fields(self, *_args) -> None:
+        from care_core.model import DEMO_HEADS, demo_heads
+
         self.model.visible = self.checkpoint.value == FILE
         self.seed.visible = self.checkpoint.value == UNTRAINED
+        demo_own = {h.with_suffix(".safetensors") for h in DEMO_HEADS}
+        if self.checkpoint.value == DEMO and demo_checkpoint() is not None and not self.head_paths():
+            self.set_heads(demo_heads())  # the demo's heads go with it: a click on a region shows predictions
+        elif self.checkpoint.value != DEMO and demo_own & set(self.head_paths()):
+            self.set_heads([h for h in self.head_paths() if h not in demo_own])  # they take only the demo's regions
 
     def head_paths(self) -> list[Path]:
         """The heads listed under 'prediction heads'."""

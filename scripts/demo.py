@@ -1,8 +1,8 @@
 """The demo: the synthetic sample slide through the whole product, looked at in napari.
 
 Opens a shown napari window, runs the CARE widget on the sample slide as a user would (tissue → stain-texture
-features → CARE with the shipped demo checkpoint, or an untrained CARE when it is not installed → the heads
-given with --head), selects a region in the inspector and exports the result. Writes to --out (default
+features → CARE with the shipped demo checkpoint, or an untrained CARE when it is not installed → the demo heads,
+or those given with --head), selects a region in the inspector and exports the result. Writes to --out (default
 demo-output/):
   sample slide (written once) + its compartment mask; thumbnail_overlay.png (tissue outline, patch grid);
   <slide>_regions.geojson (QuPath), _regions.xml (ASAP), _regions.ome.tif (label mask), _regions.csv (table),
@@ -85,7 +85,8 @@ def napari_demo(slide_path: Path, out: Path, heads: list[Path]) -> None:
     _, widget = viewer.window.add_plugin_dock_widget("napari-care", "CARE regions")
     if widget.checkpoint.value != DEMO:
         print("checkpoint     the demo checkpoint is not installed: an untrained CARE (seed 0) runs")
-    widget.heads.value = heads
+    if heads:  # else the widget's own: the demo heads, with the demo checkpoint
+        widget.heads.value = heads
     t0 = time.perf_counter()
     widget.run_button.click()
     _wait(lambda: not widget.busy())

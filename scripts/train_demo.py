@@ -1,29 +1,39 @@
-"""Train the shipped demo CARE checkpoint on synthetic slides, on a CPU, and measure what it learned.
+"""Train the shipped demo CARE checkpoint and its demo prediction heads on synthetic slides, on a CPU, and measure
+what they learned on held-out slides.
 
-    python scripts/train_demo.py [--work build/demo-train] [--out care_core/model/weights/care_demo]
+    python scripts/train_demo.py [--work build/demo-train] [--install]
 
-1. Synthetic cohorts (care_core.synth): training slides (cohort seed 0) and held-out slides (seed 1,
-   never seen in training), with stain-texture features and RNA / protein profiles.
-2. Stage I (iBOT) -> Stage II RNA -> Stage II protein, each run starting from the one before, with a
-   narrow CARE (embed_dim 128) so that the whole job fits a 2-core CPU in under 30 minutes.
-3. On the held-out slides: region purity against the ground-truth compartments for the fixed k×k squares,
-   the random init, and each stage; slide->RNA and slide->protein retrieval against chance; loss curves
-   and region maps as PNG (docs/images/), figures as JSON (docs/demo_checkpoint.json).
-4. The final CARE is written to --out (.safetensors + .json, with the figures and a model card in the
-   JSON's ``extra``) and a model card beside it (``.md``).
+1. Synthetic cohorts (care_core.synth, 12000 x 9600 px at 0.5 µm/px): training slides (cohort seed 0) and
+   held-out slides (seed 1, never seen in training), with stain-texture features, local structures (TIL, TLS),
+   RNA / protein profiles that depend on them, labels, per-patch truth and compartment outlines.
+2. Stage I (iBOT) -> Stage II RNA -> Stage II protein, each run starting from the one before, with a narrow CARE
+   (embed_dim 128) so that the whole job fits one CPU thread in about 30 minutes.
+3. Demo heads with the project's own ``care evaluate --final-head`` on the training cohort: a region classifier
+   of the compartments (from the outlines) and a slide head for a molecular label (the TLS signature high / low,
+   from the slide embedding; of the slide heads tried, the one whose cross-validated AUROC on the training cohort
+   was best: TIL or TLS present and either signature, from the slide embedding or the ROI feature).
+4. bench/bench_method.py on the held-out slides: regions, ROI, embeddings and retrieval against the trivial
+   baselines; its tables go into the model card, its figures into docs/method_benchmark.json and
+   docs/images/method_regions.png.
+5. The checkpoint (.safetensors + .json with the figures and the card in ``extra``), the card (.md) and the heads
+   go to WORK/care_demo*; --install copies them into the package (care_core/model/weights/), replacing the
+   shipped demo. The defaults are the settings of the shipped checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "care_core" / "model" / "weights"
 MODEL = dict(embed_dim=128, heads=4, spf_dim=64, mlp_ratio=2.0, input_norm=True)  # released structure (k=8, depth 2+2), narrower
+SIZE = dict(width_px=12000, height_px=9600)
 
 
 def stage1_config(features: Path, epochs: int) -> dict:
@@ -42,6 +52,7 @@ def stage2_config(cohort: Path, init: Path, modality: str, epochs: int) -> dict:
         "table": str(cohort / "cohort.csv"), "rna": str(cohort / "rna.h5ad"), "protein": str(cohort / "protein.csv"),
         "modality": modality, "init": str(init), "batch_size": 8, "epochs": epochs, "lr": 3e-4, "min_lr": 1e-5,
         "warmup_epochs": 2, "checkpoint_every": 50, "log_every": 1, "mol_dim": 64, "mol_depth": 1, "mol_heads": 4, "proj_dim": 64,
+        "top_proteins": 16,  # our choice for the demo: the paper's 10 most abundant would rarely reach a structure's markers
     }
 
 
@@ -49,8 +60,9 @@ def run(stage: str, cfg: dict, run_dir: Path) -> Path:
     from care_core.train.config import config_from_dict
     from care_core.train.trainer import train
 
-    if (run_dir / "care.safetensors").exists():
-        print(f"{run_dir}: done before, reused")
+    timing = run_dir / "train_seconds.txt"  # what the run took when it trained (a reused run keeps its figure)
+    if (run_dir / "care.safetensors").exists() and timing.is_file():
+        print(f"{run_dir}: done before ({timing.read_text().strip()} s), reused")
         return run_dir / "care"
     resume = (run_dir / "config.json").exists()
     t0 = time.perf_counter()
@@ -58,82 +70,35 @@ def run(stage: str, cfg: dict, run_dir: Path) -> Path:
         if ev.kind == "step" and (ev.step % 20 == 0 or ev.step == ev.total_steps):
             print(f"  stage {stage} step {ev.step}/{ev.total_steps} loss {ev.metrics['loss']:.4f} "
                   f"({ev.samples_per_s:.1f} samples/s, eta {ev.eta_s or 0:.0f} s)", flush=True)
-    print(f"{run_dir}: {time.perf_counter() - t0:.0f} s")
+    seconds = time.perf_counter() - t0
+    timing.write_text(f"{seconds:.0f}\n")
+    print(f"{run_dir}: {seconds:.0f} s")
     return run_dir / "care"
 
 
-def heldout_truth(cohort: Path) -> list[tuple]:
-    """(PatchFeatures, per-patch compartment, slide path) of every held-out slide."""
-    import csv
+def trained_seconds(*run_dirs: Path) -> int:
+    """Training time of the given runs, as each recorded it."""
+    return sum(int((d / "train_seconds.txt").read_text()) for d in run_dirs)
 
-    from care_core.features import load_features
-    from care_core.synth.truth import patch_compartments, read_mask
 
-    out = []
-    with open(cohort / "cohort.csv") as fh:
-        for row in csv.DictReader(fh):
-            pf = load_features(cohort / row["features"])
-            slide = cohort / "slides" / f"{Path(row['features']).stem}.svs"
-            mask, ds = read_mask(slide.with_name(f"{slide.stem}_mask.tif"))
-            out.append((pf, patch_compartments(pf.coords, pf.patch_size_level0, mask, ds), slide, row["sample_id"]))
+def demo_heads(cohort: Path, model: Path, work: Path) -> dict[str, Path]:
+    """The demo heads, each fitted by `care evaluate --final-head` on the training cohort: {name: head path}."""
+    from care_core.cli import main as care
+
+    runs = {
+        "compartments": ["--labels", str(cohort / "labels" / "dominant.csv"), "--annotations", str(cohort / "annotations")],
+        "tls_signature": ["--labels", str(cohort / "labels" / "tls_signature.csv"), "--folds", "3"],  # 12 patients
+    }
+    out = {}
+    for name, extra in runs.items():
+        run = work / f"heads_{name}"
+        if not (run / "results.json").is_file():
+            if care(["evaluate", *extra, "--features", str(cohort / "features"), "--model", str(model),
+                     "--final-head", "--out", str(run)]) != 0:
+                raise SystemExit(f"care evaluate for the {name} head failed")
+        (head,) = sorted((run / "heads").glob("*_all.json"))
+        out[name] = head.with_suffix("")
     return out
-
-
-def purity_of(model, truth) -> tuple[dict, list]:
-    """Purity of ``model``'s regions over all held-out slides, and each slide's SlideEncoding."""
-    from care_core.synth.truth import left_own_square, region_purity
-
-    encs = [model.encode(pf) for pf, *_ in truth]
-    labels = np.concatenate([lab for _, lab, *_ in truth])
-    offset, regions = 0, []
-    for e in encs:  # one id space over all slides
-        regions.append(e.patch_region + offset)
-        offset += e.n_regions
-    p = region_purity(np.concatenate(regions), labels).as_dict()
-    n = np.array([len(e.patch_region) for e in encs])
-    p["left_own_square"] = float(np.average([left_own_square(e) for e in encs], weights=n))
-    return p, encs
-
-
-def fixed_squares(truth, k: int) -> dict:
-    from care_core.synth.truth import region_purity
-
-    labels = np.concatenate([lab for _, lab, *_ in truth])
-    offset, regions = 0, []
-    for pf, *_ in truth:
-        g = pf.grid_indices() - pf.grid_indices().min(0)
-        sq = np.unique((g // k) @ np.array([1, 1 << 20]), return_inverse=True)[1].reshape(-1)
-        regions.append(sq + offset)
-        offset += sq.max() + 1
-    return {**region_purity(np.concatenate(regions), labels).as_dict(), "left_own_square": 0.0}
-
-
-def retrieval(run_dir: Path, cohort: Path, modality: str) -> dict:
-    """Held-out slide -> profile retrieval with a Stage II run's trained encoders: top-1 / top-5 against chance."""
-    import torch
-
-    from care_core.features import load_features
-    from care_core.train.expression import load_molecular
-    from care_core.train.trainer import load_run
-
-    _, obj = load_run(run_dir)
-    s = obj.student
-    if modality == "rna":
-        data = load_molecular(cohort / "cohort.csv", rna=cohort / "rna.h5ad", genes=list(s["mol"].genes))
-        pairs = data.rna
-    else:
-        data = load_molecular(cohort / "cohort.csv", protein=cohort / "protein.csv", proteins=list(s["mol"].proteins))
-        pairs = data.protein
-    files = sorted(pairs)
-    with torch.no_grad():
-        pfs = [load_features(f) for f in files]
-        out = s["care"]([torch.from_numpy(pf.features.astype(np.float32)) for pf in pfs], [pf.grid_indices() for pf in pfs],
-                        return_patch_tokens=False)
-        a = s["slide_proj"](out.slide_embedding)
-        b = s["mol_proj"](s["mol"](torch.from_numpy(np.stack([pairs[f] for f in files]))))
-        rank = (a @ b.T).argsort(1, descending=True).argsort(1).diagonal().numpy()  # rank of the true profile
-    n = len(files)
-    return {"n": n, "top1": float(np.mean(rank < 1)), "top5": float(np.mean(rank < 5)), "chance_top1": 1 / n, "chance_top5": min(5, n) / n}
 
 
 def plot_losses(runs: dict, path: Path) -> None:
@@ -156,113 +121,8 @@ def plot_losses(runs: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_regions(slide_path: Path, encs: dict, labels: np.ndarray, path: Path) -> None:
-    """Thumbnail + ground truth + region maps of one held-out slide, regions drawn as patch cells."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from care_core.wsi import open_slide
-
-    with open_slide(slide_path) as slide:
-        thumb = np.asarray(slide.thumbnail(600))
-    first = next(iter(encs.values()))
-    g = first.grid - first.grid.min(0)
-    shape = tuple(g.max(0)[::-1] + 1)
-    rng = np.random.default_rng(3)
-
-    def raster(values, n_colors):
-        colors = rng.uniform(0.15, 1.0, (n_colors, 3))
-        img = np.ones(shape + (3,))
-        img[g[:, 1], g[:, 0]] = colors[values]
-        return img
-
-    panels = [("slide", thumb), ("ground truth", raster(np.maximum(labels, 0), 6))]
-    panels += [(name, raster(e.patch_region, e.n_regions)) for name, e in encs.items()]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8))
-    for ax, (name, img) in zip(axes, panels):
-        ax.imshow(img, interpolation="nearest")
-        ax.set_title(name, fontsize=9)
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=ROOT / "build" / "demo-train")
-    ap.add_argument("--out", type=Path, default=ROOT / "care_core" / "model" / "weights" / "care_demo")
-    ap.add_argument("--train-slides", type=int, default=24)
-    ap.add_argument("--heldout-slides", type=int, default=8)
-    ap.add_argument("--stage1-epochs", type=int, default=6)
-    ap.add_argument("--stage2-epochs", type=int, default=12)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a loaded machine)")
-    args = ap.parse_args()
-    import torch
-
-    torch.set_num_threads(args.threads)
-
-    from care_core.model import CARE, load_checkpoint, save_checkpoint
-    from care_core.synth.cohort import write_synthetic_cohort
-
-    t_start = time.perf_counter()
-    w = args.work
-    size = dict(width_px=12000, height_px=9600, workers=1)
-    train_cohort = write_synthetic_cohort(w / "train", args.train_slides, seed=0, **size).parent
-    t_data = time.perf_counter() - t_start
-    print(f"training cohort ready ({t_data:.0f} s)")
-
-    t0 = time.perf_counter()
-    s1 = run("1", stage1_config(train_cohort / "features", args.stage1_epochs), w / "stage1")
-    s2 = run("2", stage2_config(train_cohort, s1, "rna", args.stage2_epochs), w / "stage2_rna")
-    s3 = run("2", stage2_config(train_cohort, s2, "protein", args.stage2_epochs), w / "stage2_protein")
-    t_train = time.perf_counter() - t0
-    held = write_synthetic_cohort(w / "heldout", args.heldout_slides, seed=1, **size).parent
-
-    truth = heldout_truth(held)
-    k = 8
-    table, encs = {"fixed k×k squares": fixed_squares(truth, k)}, {}
-    for name, model in [("random init", CARE.from_seed(0, input_dim=truth[0][0].dim, **MODEL)),
-                        ("Stage I", load_checkpoint(s1)), ("Stage II RNA", load_checkpoint(s2)),
-                        ("Stage II protein", load_checkpoint(s3))]:
-        table[name], e = purity_of(model.eval(), truth)
-        encs[name] = e[0]
-    retr = {"rna": retrieval(w / "stage2_rna", held, "rna"), "protein": retrieval(w / "stage2_protein", held, "protein")}
-    images = ROOT / "docs" / "images"
-    plot_losses({"Stage I (iBOT)": (w / "stage1", ["loss", "loss_cls", "loss_mim"]),
-                 "Stage II RNA": (w / "stage2_rna", ["loss_clip"]), "Stage II protein": (w / "stage2_protein", ["loss_clip"])},
-                images / "train_demo_loss.png")
-    plot_regions(truth[0][2], encs, truth[0][1], images / "train_demo_regions.png")
-
-    from care_core.features import load_features
-
-    n_patches = sum(len(load_features(f).coords) for f in sorted((train_cohort / "features").glob("*.h5")))
-    figures = {
-        "trained_on": f"{args.train_slides} synthetic slides (cohort seed 0, 12000x9600 px at 0.5 µm/px, {n_patches} patches), "
-                      "stain-texture features (512 px at 0.5 µm/px)",
-        "evaluated_on": f"{len(truth)} held-out synthetic slides (cohort seed 1)",
-        "train_seconds": round(t_train), "data_seconds": round(t_data), "torch_threads": torch.get_num_threads(),
-        "region_purity": table, "retrieval": retr,
-    }
-    (ROOT / "docs" / "demo_checkpoint.json").write_text(json.dumps(figures, indent=2))
-    card = model_card(figures)
-    final = load_checkpoint(s3)
-    meta = final.checkpoint_meta
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(final, args.out, encoder=meta.encoder, feature_mpp=meta.feature_mpp, patch_px=meta.patch_px,
-                    extra={"demo": True, "not_for_diagnosis": True, "model_card": card, **figures})
-    args.out.with_suffix(".md").write_text(card)
-    print(card)
-
-
-def model_card(f: dict) -> str:
-    rows = "\n".join(
-        f"| {name} | {p['purity']:.3f} | {p['share_pure90']:.3f} | {p['mean_size']:.1f} | {p['left_own_square']:.3f} |"
-        for name, p in f["region_purity"].items()
-    )
-    r, p = f["retrieval"]["rna"], f["retrieval"]["protein"]
+def model_card(f: dict, bench_md: str, heads: dict) -> str:
+    head_lines = "\n".join(f"- `{p.name}`: {what}" for p, what in heads.values())
     return f"""# CARE demo checkpoint — a demo, not for diagnosis
 
 This checkpoint exists so that the napari plugin, `make demo` and `care encode` show a *trained* CARE out of
@@ -271,17 +131,96 @@ configuration (embed_dim 128, 4 heads, k = 8, depth 2 + 2). It has never seen a 
 for research conclusions or for any clinical purpose.
 
 - Trained on: {f['trained_on']}.
-- Training: Stage I (iBOT) -> Stage II RNA -> Stage II protein, {f['train_seconds']} s on {f['torch_threads']} CPU threads.
+- Training: Stage I (iBOT, {f['epochs']['stage1']} epochs) -> Stage II RNA -> Stage II protein ({f['epochs']['stage2']} epochs
+  each), {f['train_seconds']} s on {f['torch_threads']} CPU thread(s).
 - Expects: `stain-texture` features of 512 px patches at 0.5 µm/px.
-- Evaluated on: {f['evaluated_on']}, against their ground-truth compartments.
+- Demo heads beside it (fitted by `care evaluate --final-head` on the training cohort; cross-validated metrics in
+  each head's JSON):
+{head_lines}
 
-| partition | size-weighted purity | regions ≥ 90 % pure | mean region size (patches) | patches off their own square |
-|---|---|---|---|---|
-{rows}
+## Held-out benchmark (bench/bench_method.py, {f['evaluated_on']})
 
-Held-out retrieval: slide -> RNA top-1 {r['top1']:.2f} / top-5 {r['top5']:.2f} (chance {r['chance_top1']:.2f} / {r['chance_top5']:.2f},
-{r['n']} slides); slide -> protein top-1 {p['top1']:.2f} / top-5 {p['top5']:.2f} (chance {p['chance_top1']:.2f} / {p['chance_top5']:.2f}, {p['n']} slides).
+{bench_md}
 """
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=ROOT / "build" / "demo-train")
+    ap.add_argument("--install", action="store_true", help="copy the checkpoint, card and heads into care_core/model/weights")
+    ap.add_argument("--train-slides", type=int, default=24)
+    ap.add_argument("--heldout-slides", type=int, default=32)
+    ap.add_argument("--stage1-epochs", type=int, default=30)
+    ap.add_argument("--stage2-epochs", type=int, default=40)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is faster on a loaded machine)")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+
+    from care_core.features import load_features
+    from care_core.model import load_checkpoint, save_checkpoint
+    from care_core.synth.cohort import write_synthetic_cohort
+
+    t_start = time.perf_counter()
+    w = args.work
+    train_cohort = write_synthetic_cohort(w / "train", args.train_slides, seed=0, workers=1, **SIZE).parent
+    held = write_synthetic_cohort(w / "heldout", args.heldout_slides, seed=1, workers=1, **SIZE).parent
+    t_data = time.perf_counter() - t_start
+    print(f"cohorts ready ({t_data:.0f} s)")
+
+    s1 = run("1", stage1_config(train_cohort / "features", args.stage1_epochs), w / "stage1")
+    s2 = run("2", stage2_config(train_cohort, s1, "rna", args.stage2_epochs), w / "stage2_rna")
+    s3 = run("2", stage2_config(train_cohort, s2, "protein", args.stage2_epochs), w / "stage2_protein")
+    t_train = trained_seconds(w / "stage1", w / "stage2_rna", w / "stage2_protein")
+    heads = demo_heads(train_cohort, s3, w)
+    images = ROOT / "docs" / "images"
+    plot_losses({"Stage I (iBOT)": (w / "stage1", ["loss", "loss_cls", "loss_mim"]),
+                 "Stage II RNA": (w / "stage2_rna", ["loss_clip"]), "Stage II protein": (w / "stage2_protein", ["loss_clip"])},
+                images / "train_demo_loss.png")
+    bench_json = ROOT / "docs" / "method_benchmark.json"
+    bench = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_method.py"), "--work", str(w), "--json", str(bench_json),
+                            "--png", str(images / "method_regions.png"), "--threads", str(args.threads)],
+                           check=True, capture_output=True, text=True)
+    print(bench.stdout)
+    bench_md = bench.stdout[bench.stdout.index("### Regions"):bench.stdout.rindex("done in")].strip()
+
+    n_patches = sum(len(load_features(f).coords) for f in sorted((train_cohort / "features").glob("*.h5")))
+    figures = {
+        "trained_on": f"{args.train_slides} synthetic slides (cohort seed 0, {SIZE['width_px']}x{SIZE['height_px']} px at "
+                      f"0.5 µm/px, {n_patches} patches), stain-texture features (512 px at 0.5 µm/px)",
+        "evaluated_on": f"{args.heldout_slides} held-out synthetic slides (cohort seed 1)",
+        "epochs": {"stage1": args.stage1_epochs, "stage2": args.stage2_epochs},
+        "train_seconds": round(t_train),
+        "torch_threads": torch.get_num_threads(),
+        "benchmark": json.loads(bench_json.read_text()),
+    }
+    from dataclasses import replace
+
+    from care_core.evaluate import load_head
+
+    head_info = {}
+    for name, path in heads.items():  # saved again under the demo's names (the name is part of the hashed JSON)
+        head = replace(load_head(path), name=f"care_demo_{name}")
+        head.save(w / head.name)
+        cv = ", ".join(f"{k} {v:.3f}" for k, v in head.metrics.get("cv", {}).items())
+        what = ("region classifier of the compartments" if name == "compartments"
+                else "TLS signature high / low, a slide head on the slide embedding")
+        head_info[name] = (w / head.name, f"{what}; cross-validated on {head.metrics.get('n_samples')} samples: {cv}")
+    card = model_card(figures, bench_md, head_info)
+    final = load_checkpoint(s3)
+    meta = final.checkpoint_meta
+    out = w / "care_demo"
+    save_checkpoint(final, out, encoder=meta.encoder, feature_mpp=meta.feature_mpp, patch_px=meta.patch_px,
+                    extra={"demo": True, "not_for_diagnosis": True, "model_card": card, **figures})
+    out.with_suffix(".md").write_text(card)
+    print(card)
+    print(f"total {time.perf_counter() - t_start:.0f} s")
+    if args.install:
+        for f in [out.with_suffix(s) for s in (".json", ".safetensors", ".md")] + [w / f"care_demo_{n}{s}" for n in heads
+                                                                                    for s in (".json", ".safetensors")]:
+            shutil.copyfile(f, WEIGHTS / f.name)
+        print(f"installed into {WEIGHTS}")
 
 
 if __name__ == "__main__":

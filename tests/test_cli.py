@@ -117,3 +117,22 @@ def test_synth_checks_its_output_folder_first(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "afile" / "s.svs"), "--width-px", "512", "--height-px", "512"]) == 2
     err = capsys.readouterr().err
     assert err == f"care synth: error: output folder {tmp_path / 'afile'} is a file, not a folder; choose another output folder\n"
+
+
+def test_predict_with_the_demo_checkpoint_applies_the_demo_heads_without_flags(small_sample, tmp_path, capsys):
+    """`care predict FEATURES --out O`: the demo checkpoint and its heads (a region classifier of the compartments and
+    a TLS-signature slide head) with no other flag; a model of one's own needs its own heads."""
+    import csv
+
+    from care_core.model import demo_heads
+
+    assert [h.name for h in demo_heads()] == ["care_demo_compartments", "care_demo_tls_signature"]
+    feats = tmp_path / "features"
+    assert main(["extract", str(small_sample.slide_path), "--out", str(feats), "--workers", "1"]) == 0
+    assert main(["predict", str(feats), "--out", str(tmp_path / "p")]) == 0
+    with open(tmp_path / "p" / "slide_predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 1 and rows[0]["care_demo_tls_signature class"] in ("high", "low")
+    assert rows[0]["care_demo_compartments class"] in ("tumour", "stroma", "lymphocytes", "fat", "necrosis")
+    with pytest.raises(SystemExit, match="give --head"):
+        main(["predict", str(feats), "--untrained", "0", "--out", str(tmp_path / "q")])

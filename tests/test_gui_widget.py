@@ -195,3 +195,27 @@ def test_every_message_names_a_control_of_the_window():
     }
     for exc, shown in cases.items():
         assert gui_message(exc) == shown
+
+
+def test_the_demo_checkpoint_comes_with_its_heads_and_a_click_shows_their_predictions(viewer_with_slide, qtbot):
+    """Out of the box (no flag, no file chosen): the demo checkpoint and the demo heads; a region's details name its
+    predicted compartment. Leaving the demo checkpoint drops its heads (they fit its regions only); coming back
+    lists them again."""
+    from care_core.model import DEMO_HEADS
+    from napari_care._widget import DEMO
+
+    widget = CareWidget(viewer_with_slide)
+    demo_heads = [h.with_suffix(".safetensors") for h in DEMO_HEADS]
+    assert widget.checkpoint.value == DEMO and widget.head_paths() == demo_heads
+    widget.run_button.click()
+    _wait(qtbot, widget)
+    enc = widget.result.encoding
+    assert [p.head for p in enc.predictions] == ["care_demo_compartments", "care_demo_tls_signature"]
+    widget.select_region(int(enc.roi))
+    details = widget.inspector.details.text()
+    classes = enc.predictions[0].classes
+    assert any(c in details for c in classes) and "region classifier" in details
+    widget.checkpoint.value = UNTRAINED
+    assert widget.head_paths() == []
+    widget.checkpoint.value = DEMO
+    assert widget.head_paths() == demo_heads

@@ -24,6 +24,8 @@ _WHERE = {
     "read_checkpoint_meta": "checkpoint",
     "check_features": "checkpoint",
     "untrained_care": "untrained",
+    "DEMO_HEADS": "demo",
+    "demo_heads": "demo",
     "AuthorsModelAdapter": "hub_adapter",
     "load_authors_model": "hub_adapter",
 }

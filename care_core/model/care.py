@@ -73,6 +73,8 @@ class CAREConfig:
     anchor: str = "center"  # sub-region anchor: "center" (our choice) or "corner" (paper)
     lambda_spf: float = 0.5  # pi = lambda * alpha + (1 - lambda) * beta
     spf_dim: int = 256  # hidden width of the gated attention (V, U)
+    spf_init: str = "xavier"  # init of V, U, w: "xavier" (gated-attention MIL's; our choice) or "trunc_normal" (std
+    # 0.02 like every other layer: attention logits start ~0.02 wide and Adam at a small lr widens them by ~lr per step)
     rsl_target: float = 0.5  # E*, target expected candidate rank
     lambda_rsl: float = 0.1  # weight of L_RSL in training losses
     n_candidates: int = 3  # candidate sub-regions per patch (|I_j|)
@@ -89,6 +91,8 @@ class CAREConfig:
     def __post_init__(self) -> None:
         if self.anchor not in _ANCHORS:
             raise ValueError(f"anchor={self.anchor!r} is not one of {_ANCHORS}")
+        if self.spf_init not in ("xavier", "trunc_normal"):
+            raise ValueError(f"spf_init={self.spf_init!r} is not one of ('xavier', 'trunc_normal')")
         if self.embed_dim % self.heads:
             raise ValueError(f"embed_dim={self.embed_dim} is not divisible by heads={self.heads}")
         for name in ("input_dim", "embed_dim", "heads", "k", "n_candidates", "chunk_tokens", "spf_dim"):
@@ -517,6 +521,9 @@ class CARE(nn.Module):
         self.apply(self._init_weights)
         for p in (self.mask_token, self.subregion_encoder.cls_token, self.arsa.cls_token, self.query_pool.query):
             nn.init.trunc_normal_(p, std=0.02)
+        if cfg.spf_init == "xavier":
+            for lin in (self.spf.v, self.spf.u, self.spf.w):
+                nn.init.xavier_normal_(lin.weight)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

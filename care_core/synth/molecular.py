@@ -7,9 +7,10 @@ sets that compartment stands for (tumour: proliferation; stroma: EMT / TGF-β; l
 signalling; fat: adipogenesis; necrosis: hypoxia / apoptosis), plus a compartment-specific N(0, 0.8²) shift of
 every gene (cell types differ broadly, not only on their marker sets).
 Each local structure (``care_core.synth.tissue.STRUCTURES``) drives a signature of its own, on Hallmark sets that
-no compartment program raises (TIL, lymphocytes infiltrating tumour: interferon-α and IL-6/JAK/STAT3
-signalling; TLS, tertiary lymphoid aggregates: complement and inflammatory response), raised by 1–2 per unit
-of its driver d_s = structure area / `STRUCTURE_REF_MM2` (0 where the slide has none). A sample's expression is
+no compartment program raises (TIL, lymphocytes infiltrating tumour: interferon-α, IL-6/JAK/STAT3 and TNF-α/NF-κB
+signalling; TLS, tertiary lymphoid aggregates: complement, inflammatory response and the germinal centres' MYC
+targets), raised by 2–3.5 per unit of its driver d_s = structure area / `STRUCTURE_REF_MM2` (0 where the slide has
+none): a hot infiltrate moves a hundred genes as much as a compartment program does. A sample's expression is
 
     x_g = Σ_c f_c · exp(program_c,g) · exp(Σ_s d_s · signature_s,g + z_patient · L_g + ε_g),   ε_g ~ N(0, noise_sigma²),
 
@@ -53,8 +54,8 @@ PROTEIN_MARKERS: dict[str, tuple[str, ...]] = {  # compartment → proteins it r
     "necrosis": ("CASP3", "HIF1A", "CA9", "BAX", "LDHA"),
 }
 SIGNATURE_SETS: dict[str, tuple[str, ...]] = {  # local structure → the Hallmark sets its signature raises
-    "TIL": ("HALLMARK_INTERFERON_ALPHA_RESPONSE", "HALLMARK_IL6_JAK_STAT3_SIGNALING"),
-    "TLS": ("HALLMARK_COMPLEMENT", "HALLMARK_INFLAMMATORY_RESPONSE"),
+    "TIL": ("HALLMARK_INTERFERON_ALPHA_RESPONSE", "HALLMARK_IL6_JAK_STAT3_SIGNALING", "HALLMARK_TNFA_SIGNALING_VIA_NFKB"),
+    "TLS": ("HALLMARK_COMPLEMENT", "HALLMARK_INFLAMMATORY_RESPONSE", "HALLMARK_MYC_TARGETS_V2"),  # + germinal centres
 }
 STRUCTURE_PROTEINS: dict[str, tuple[str, ...]] = {
     "TIL": ("PRF1", "IFNG", "CXCL9", "CD274", "LAG3"),
@@ -146,7 +147,7 @@ def molecular_profiles(fractions: np.ndarray, patients: Sequence[str], *, struct
     loadings_rna = prng.normal(0.0, confounder_sd, (len(_CONFOUNDERS), len(genes)))
     loadings_prot = prng.normal(0.0, confounder_sd, (len(_CONFOUNDERS), len(proteins)))
     srng = np.random.default_rng([program_seed, 223])  # its own stream: the programs above stay as they were
-    sig_rna = np.stack([_signature(genes, set(members[s]), srng, (1.0, 2.0)) for s in _STRUCTS])
+    sig_rna = np.stack([_signature(genes, set(members[s]), srng, (2.0, 3.5)) for s in _STRUCTS])
     sig_prot = np.stack([_signature(proteins, set(STRUCTURE_PROTEINS[s]), srng, (1.5, 2.5)) for s in _STRUCTS])
     prot_prog[:, [proteins.index(p) for s in _STRUCTS for p in STRUCTURE_PROTEINS[s]]] = 2.0  # flat and low without a driver
 
