@@ -223,7 +223,7 @@ class CareWidget(QWidget):
         """Offer a freshly trained result (the Train widget calls this when a job ends): ``care`` becomes the
         checkpoint (the demo's own path selects 'demo checkpoint'; None: an untrained CARE, as the head was
         trained on) and ``head`` joins 'prediction heads'. Heads trained on another CARE model leave the list:
-        a new CARE takes only heads trained on it."""
+        a new CARE takes only heads trained on it; the demo heads leave it too (a trained result supersedes them)."""
         demo = demo_checkpoint()
         if care is None:
             self.checkpoint.value = UNTRAINED
@@ -234,7 +234,10 @@ class CareWidget(QWidget):
             self.model.value = Path(care).with_suffix(".safetensors")
         new = None if head is None else Path(head).with_suffix(".safetensors")
         sha = head_info(new).model_sha256 if new is not None else checkpoint_sha256(optional_path(care))
-        kept = heads_for_model([h for h in self.head_paths() if h != new], sha)
+        from care_core.model import DEMO_HEADS
+
+        demo_own = {h.with_suffix(".safetensors") for h in DEMO_HEADS}  # placeholders until one's own heads exist
+        kept = heads_for_model([h for h in self.head_paths() if h != new and h not in demo_own], sha)
         self.set_heads([*kept, *([new] if new is not None else [])])
 
     def _model_choice(self) -> tuple[Path | None, str]:
