@@ -45,7 +45,7 @@ def main() -> None:
 
     from bench_care_train_step import blob_grid
     from care_core.model import CARE
-    from care_core.model.care import subregion_geometry
+    from care_core.model.subregions import subregion_geometry
     from care_core.train.config import config_from_dict
     from care_core.train.data import ViewConfig, make_views
     from care_core.train.ibot import IBOTObjective

@@ -1,4 +1,4 @@
-"""Imports run one way inside care_core.features, care_core.regions and care_core.train (no module imports one that
+"""Imports run one way inside care_core.features, care_core.model, care_core.regions and care_core.train (no module imports one that
 imports it back, directly or through others of its package), at module level or inside functions."""
 
 from __future__ import annotations
@@ -41,10 +41,19 @@ def _cycle(graph: dict[str, set[str]]) -> list[str]:
     return next((c for start in sorted(graph) if (c := visit(start, [start]))), [])
 
 
-@pytest.mark.parametrize("package", ["features", "regions", "train"])
+@pytest.mark.parametrize("package", ["features", "model", "regions", "train"])
 def test_no_import_circle(package):
     assert _cycle(_imports(package)) == []
 
 
 def test_the_check_finds_a_circle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_the_grid_geometry_imports_no_torch():
+    """Data workers compute sub-regions and candidates ahead: care_core.model.subregions is numpy only."""
+    import subprocess
+    import sys
+
+    code = "import sys, care_core.model.subregions; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

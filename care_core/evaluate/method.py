@@ -136,7 +136,7 @@ def rule_best_regions(grid: np.ndarray, labels: np.ndarray, *, k: int = 8, ancho
                       n_candidates: int = 3) -> np.ndarray:
     """The best partition CARE's assignment rule allows: each labelled patch goes to the first of its candidate
     squares (in the ARG's order) whose majority compartment equals its own; otherwise it stays in its own square."""
-    from care_core.model.care import subregion_geometry
+    from care_core.model.subregions import subregion_geometry
 
     geo = subregion_geometry(np.asarray(grid, np.int64), k, anchor, n_candidates)
     labels = np.asarray(labels)

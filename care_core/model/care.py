@@ -13,11 +13,8 @@ Zhang et al., "CARE", arXiv 2602.21637 (CVPR 2026). The reference implemented he
            pi = lambda alpha + (1 - lambda) beta, z = sum pi g^AR, ROI = argmax pi
 
 Layout of the computation (all vectorised; memory linear in N):
-- geometry is integer-grid work in numpy (no gradient flows through positions). The soft-inclusion
-  matrix C is never materialised: its column maxima come from the convex hull of the grid (the point
-  of a set farthest from any anchor is a hull vertex), and each patch's top candidates are searched in
-  a growing block of squares around its own, accepted only when a bound proves no square outside the
-  block can beat them (exact; checked against ``soft_inclusion_dense`` in the tests).
+- geometry (Eq. 1, 3) is integer-grid work in numpy, in ``subregions.py`` (no gradient flows through
+  positions); the torch building blocks are in ``layers.py``; this file holds the model.
 - a batch of slides is packed: patches of all slides are concatenated (canonical order: slide,
   square, row, col), sub-regions and regions get batch-global ids, transformers run over padded
   chunks of whole sub-regions / regions with key-padding masks, per-slide reductions are segment ops.
@@ -34,25 +31,19 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from scipy.spatial import ConvexHull, QhullError
 from torch import nn
 
 from care_core.errors import FeatureMismatchError
+from care_core.model.layers import ClsEncoder, GatedAttention, QueryPool
+from care_core.model.subregions import ANCHORS, SubregionGeometry, subregion_geometry
 
 __all__ = [
     "CAREConfig",
     "CARE",
     "CAREOutput",
-    "SubregionGeometry",
-    "subregion_geometry",
-    "soft_inclusion_dense",
     "arg_scores",
     "rsl_expected_rank",
 ]
-
-_ANCHORS = ("center", "corner")
-
 
 # --------------------------------------------------------------------------------------------------
 # Configuration
@@ -89,8 +80,8 @@ class CAREConfig:
     chunk_tokens: int = 2048  # slots per transformer chunk (bounds inference memory; larger is faster on a GPU)
 
     def __post_init__(self) -> None:
-        if self.anchor not in _ANCHORS:
-            raise ValueError(f"anchor={self.anchor!r} is not one of {_ANCHORS}")
+        if self.anchor not in ANCHORS:
+            raise ValueError(f"anchor={self.anchor!r} is not one of {ANCHORS}")
         if self.spf_init not in ("xavier", "trunc_normal"):
             raise ValueError(f"spf_init={self.spf_init!r} is not one of ('xavier', 'trunc_normal')")
         if self.embed_dim % self.heads:
@@ -114,174 +105,6 @@ class CAREConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-# --------------------------------------------------------------------------------------------------
-# Geometry (numpy, integer grid): Eq. 1 and Eq. 3
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SubregionGeometry:
-    """Sub-regions of one slide and each patch's candidate squares (grid units, numpy).
-
-    grid: [N, 2] int64 (col, row), shifted so that the minimum is 0.
-    patch_subregion: [N] own square of each patch; squares are numbered in raster order (row, col).
-    square_ij: [M, 2] (square col, square row); anchors: [M, 2] float64 anchor s_i (x=col, y=row).
-    col_max: [M] max_j d_ji (the column maxima of Eq. 3).
-    candidates: [N, c] square ids sorted by inclusion (descending; ties: lower id), -1 where M < c.
-    inclusion: [N, c] mu_ji of each candidate; distance: [N, c] d_ji; valid: [N, c] bool.
-    rank: [N, c] spatial rank of each candidate, 0 = nearest anchor (Eq. 5).
-    """
-
-    grid: np.ndarray
-    patch_subregion: np.ndarray
-    square_ij: np.ndarray
-    anchors: np.ndarray
-    col_max: np.ndarray
-    candidates: np.ndarray
-    inclusion: np.ndarray
-    distance: np.ndarray
-    valid: np.ndarray
-    rank: np.ndarray
-
-    @property
-    def n_subregions(self) -> int:
-        return int(len(self.square_ij))
-
-
-def _squares(grid: np.ndarray, k: int, anchor: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Eq. 1: shifted grid, own square per patch, square (col, row) and anchors, squares in raster order."""
-    g = np.asarray(grid, dtype=np.int64).reshape(-1, 2)
-    g = g - g.min(axis=0)
-    sq = g // k
-    n_cols = int(sq[:, 0].max()) + 1
-    squares, patch_sub = np.unique(sq[:, 1] * n_cols + sq[:, 0], return_inverse=True)
-    square_ij = np.stack([squares % n_cols, squares // n_cols], axis=1)
-    offset = (k - 1) / 2.0 if anchor == "center" else 0.0
-    return g, patch_sub.reshape(-1), square_ij, square_ij * k + offset
-
-
-def _inclusion(points: np.ndarray, anchors: np.ndarray, col_max: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eq. 3: d = ||t - s||, mu = 1 - d / D (mu = 1 where D = 0, i.e. one point on its anchor)."""
-    d = np.sqrt(((points - anchors) ** 2).sum(axis=-1))
-    return d, 1.0 - d / np.where(col_max > 0, col_max, 1.0)
-
-
-def _hull_points(g: np.ndarray) -> np.ndarray:
-    """Vertices of the convex hull of the grid points (or extreme points of a degenerate set)."""
-    pts = np.unique(g, axis=0).astype(np.float64)
-    if len(pts) <= 4:
-        return pts
-    try:
-        return pts[ConvexHull(pts).vertices]
-    except QhullError:  # collinear: the two ends of the segment are among these extremes
-        keys = np.stack([pts[:, 0], pts[:, 1], pts.sum(1), pts[:, 0] - pts[:, 1]], axis=1)
-        return pts[np.unique(np.concatenate([keys.argmin(0), keys.argmax(0)]))]
-
-
-def _farthest(points: np.ndarray, hull: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """max over the slide's patches of the distance to each point: the max over hull vertices."""
-    out = np.empty(len(points))
-    for a in range(0, len(points), chunk):
-        diff = points[a : a + chunk, None, :] - hull[None]
-        out[a : a + chunk] = np.sqrt((diff**2).sum(-1)).max(1)
-    return out
-
-
-def soft_inclusion_dense(grid: np.ndarray, k: int = 8, anchor: str = "center") -> np.ndarray:
-    """Eq. 3 as the full [N, M] matrix C (reference for tests; O(N·M) memory)."""
-    g, _, _, anchors = _squares(grid, k, anchor)
-    d = np.sqrt(((g[:, None, :] - anchors[None]) ** 2).sum(-1))
-    return 1.0 - d / np.where(d.max(axis=0) > 0, d.max(axis=0), 1.0)
-
-
-def _rank_by_distance(distance: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    d = np.where(valid, distance, np.inf)
-    return np.argsort(np.argsort(d, axis=1, kind="stable"), axis=1, kind="stable")
-
-
-def subregion_geometry(grid: np.ndarray, k: int = 8, anchor: str = "center", n_candidates: int = 3) -> SubregionGeometry:
-    """Sub-regions, column maxima and exact top-``n_candidates`` squares per patch (Eq. 1, 3, 4).
-
-    Candidates are searched in a (2R+1)² block of squares around the patch's own square for R = 1, 2,
-    4, 8, then over all squares. A patch's block result is accepted when the c-th best inclusion beats
-    an upper bound for any square outside the block: with L the distance from t_j to the nearest anchor
-    outside the block and F_j the distance from t_j to its farthest patch, every outside square has
-    mu <= min(F_j / (L + F_j), 1 - L / max_i D_i) (triangle inequality D_i <= d_ji + F_j).
-    """
-    if anchor not in _ANCHORS:
-        raise ValueError(f"anchor={anchor!r} is not one of {_ANCHORS}")
-    grid = np.asarray(grid)
-    if grid.ndim != 2 or grid.shape[1] != 2 or len(grid) == 0:
-        raise ValueError(f"grid of shape {grid.shape} must be [N, 2] with N >= 1")
-    g, patch_sub, square_ij, anchors = _squares(grid, k, anchor)
-    n, m, c = len(g), len(square_ij), n_candidates
-    hull = _hull_points(g)
-    col_max = _farthest(anchors, hull)
-    far = _farthest(g.astype(np.float64), hull)
-    d_max = float(col_max.max())
-    n_sq_cols, n_sq_rows = int(square_ij[:, 0].max()) + 1, int(square_ij[:, 1].max()) + 1
-    lookup = np.full((n_sq_rows, n_sq_cols), -1, dtype=np.int64)
-    lookup[square_ij[:, 1], square_ij[:, 0]] = np.arange(m)
-    offset = (k - 1) / 2.0 if anchor == "center" else 0.0
-
-    cand = np.full((n, c), -1, dtype=np.int64)
-    incl = np.zeros((n, c))
-    dist = np.zeros((n, c))
-    todo = np.arange(n)
-    for radius in (1, 2, 4, 8):
-        if not len(todo):
-            break
-        own = square_ij[patch_sub[todo]]  # [n, 2] (col, row) of the own square
-        steps = np.arange(-radius, radius + 1)
-        dr, dc = np.meshgrid(steps, steps, indexing="ij")  # raster order: ids increase along the block
-        cols = own[:, :1] + dc.reshape(1, -1)
-        rows = own[:, 1:] + dr.reshape(1, -1)
-        inside = (cols >= 0) & (cols < n_sq_cols) & (rows >= 0) & (rows < n_sq_rows)
-        ids = np.where(inside, lookup[rows.clip(0, n_sq_rows - 1), cols.clip(0, n_sq_cols - 1)], -1)
-        ok = ids >= 0
-        d, mu = _inclusion(g[todo, None, :].astype(np.float64), anchors[ids.clip(0)], col_max[ids.clip(0)])
-        mu = np.where(ok, mu, -np.inf)
-        order = np.argsort(-mu, axis=1, kind="stable")[:, :c]
-        top_mu = np.take_along_axis(mu, order, 1)
-        # Bound for squares outside the block (Eq. 3 upper bound, see docstring).
-        t = g[todo].astype(np.float64)
-        lo = (own - radius - 1) * k + offset
-        hi = (own + radius + 1) * k + offset
-        near = np.minimum(hi - t, t - lo).min(axis=1)
-        bound = np.minimum(far[todo] / (near + far[todo]), 1.0 - near / max(d_max, 1e-300))
-        covers_all = (own - radius <= 0).all(1) & (own[:, 0] + radius >= n_sq_cols - 1) & (own[:, 1] + radius >= n_sq_rows - 1)
-        n_ok = min(c, m)
-        accept = covers_all | (top_mu[:, n_ok - 1] > bound + 1e-12)
-        sel = todo[accept]
-        cand[sel] = np.where(np.isfinite(top_mu[accept]), np.take_along_axis(ids, order, 1)[accept], -1)
-        incl[sel] = np.where(np.isfinite(top_mu[accept]), top_mu[accept], 0.0)
-        dist[sel] = np.take_along_axis(d, order, 1)[accept]
-        todo = todo[~accept]
-    if len(todo):  # rare: exact search over every square, in row chunks
-        rows_per = max(1, (1 << 22) // m)
-        for a in range(0, len(todo), rows_per):
-            part = todo[a : a + rows_per]
-            d, mu = _inclusion(g[part, None, :].astype(np.float64), anchors[None], col_max[None])
-            order = np.argsort(-mu, axis=1, kind="stable")[:, :c]
-            k_eff = order.shape[1]
-            cand[part, :k_eff] = order
-            incl[part, :k_eff] = np.take_along_axis(mu, order, 1)
-            dist[part, :k_eff] = np.take_along_axis(d, order, 1)
-    valid = cand >= 0
-    return SubregionGeometry(
-        grid=g,
-        patch_subregion=patch_sub,
-        square_ij=square_ij,
-        anchors=anchors,
-        col_max=col_max,
-        candidates=cand,
-        inclusion=incl,
-        distance=dist,
-        valid=valid,
-        rank=_rank_by_distance(dist, valid),
-    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -330,95 +153,6 @@ def rsl_expected_rank(w: torch.Tensor, rank: torch.Tensor, valid: torch.Tensor) 
     w = w.float() * valid
     w_tilde = w / w.sum(1, keepdim=True).clamp_min(1e-12)
     return (w_tilde * rank.to(w.dtype)).sum(1)
-
-
-# --------------------------------------------------------------------------------------------------
-# Building blocks
-# --------------------------------------------------------------------------------------------------
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention with a key-padding mask (True = real token)."""
-
-    def __init__(self, dim: int, heads: int, dropout: float) -> None:
-        super().__init__()
-        self.heads, self.dropout = heads, dropout
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        b, n, e = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, e // self.heads).permute(2, 0, 3, 1, 4)
-        p = self.dropout if self.training else 0.0
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=p)
-        return self.proj(o.transpose(1, 2).reshape(b, n, e))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float) -> None:
-        super().__init__()
-        hidden = int(dim * mlp_ratio)
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, dropout)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout))
-
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), key_mask)
-        return x + self.mlp(self.norm2(x))
-
-
-class ClsEncoder(nn.Module):
-    """A [CLS]-prepended transformer over padded token groups: returns (CLS output [B, E], tokens [B, L, E])."""
-
-    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float, dropout: float) -> None:
-        super().__init__()
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.cat([self.cls_token.expand(len(tokens), -1, -1).to(tokens.dtype), tokens], 1)
-        key_mask = torch.cat([mask.new_ones(len(mask), 1), mask], 1)
-        for blk in self.blocks:
-            x = blk(x, key_mask)
-        x = self.norm(x)
-        return x[:, 0], x[:, 1:]
-
-
-class QueryPool(nn.Module):
-    """A learnable query cross-attending over a token group: g^Q (Eq. 2)."""
-
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.query = nn.Parameter(torch.zeros(1, 1, dim))
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(dim, 2 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        b, n, e = tokens.shape
-        h = self.heads
-        q = self.q(self.query.to(tokens.dtype)).reshape(1, 1, h, e // h).transpose(1, 2).expand(b, -1, -1, -1)
-        k, v = self.kv(tokens).reshape(b, n, 2, h, e // h).permute(2, 0, 3, 1, 4)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
-        return self.proj(o.transpose(1, 2).reshape(b, e))
-
-
-class GatedAttention(nn.Module):
-    """Eq. 7 score: s_i = w^T (tanh(V g_i) * sigmoid(U g_i))."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.v = nn.Linear(dim, hidden)
-        self.u = nn.Linear(dim, hidden)
-        self.w = nn.Linear(hidden, 1)
-
-    def forward(self, g: torch.Tensor) -> torch.Tensor:
-        return self.w(torch.tanh(self.v(g)) * torch.sigmoid(self.u(g))).squeeze(-1)
 
 
 def _segment_softmax(scores: torch.Tensor, segment: torch.Tensor, n_segments: int) -> torch.Tensor:

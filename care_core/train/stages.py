@@ -29,7 +29,7 @@ class _SubWSIViews:
         self.dataset, self.views, self.geometry_args = dataset, views, geometry_args
 
     def __call__(self, i: int, epoch: int):
-        from care_core.model.care import subregion_geometry
+        from care_core.model.subregions import subregion_geometry
         from care_core.train.data import make_views
 
         features, grid = self.dataset[i]
