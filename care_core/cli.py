@@ -206,6 +206,34 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_index(args: argparse.Namespace) -> int:
+    from care_core.search import build_index
+
+    index = build_index(args.inputs, args.out, model=args.model, progress=lambda slide, what: print(f"{slide}: {what}"))
+    n = sum(s["n_regions"] for s in index["slides"].values())
+    print(f"index {args.out}: {len(index['slides'])} slides, {n} regions, {index['embed_dim']}-d, "
+          f"CARE model {index['model_sha256'][:12]}, encoder {index['encoder'] or 'unknown'}")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from care_core.search import search_index, write_hits
+
+    if args.region is not None and args.slide is None:
+        raise SystemExit("care search: error: --region needs --slide")
+    same = True if args.same_slide else False if args.other_slides else None
+    hits = search_index(args.index, slide=args.slide, region=args.region, embedding=args.embedding, k=args.k,
+                        same_slide=same)
+    print(f"{'rank':>4}  {'slide':24s} {'region':>6}  {'similarity':>10}  {'centroid (x, y) px':>20}  predicted")
+    for h in hits:
+        where = "" if h.centroid is None else f"{h.centroid[0]:.0f}, {h.centroid[1]:.0f}"
+        region = "" if h.region < 0 else h.region
+        print(f"{h.rank:>4}  {h.slide:24s} {region:>6}  {h.similarity:>10.4f}  {where:>20}  {h.predicted}")
+    if args.out is not None:
+        print(f"results: {write_hits(hits, args.out)}")
+    return 0
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from care_core.train.trainer import Stopped
 
@@ -434,6 +462,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="geojson,asap,mask,csv,npz",
                    help="comma-separated: geojson, asap, mask, csv, npz (default: all)")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("index", help="a region index of a cohort's CARE region and slide embeddings, for care search")
+    p.add_argument("inputs", type=Path, nargs="+",
+                   help="encodings (<slide>_encoding.npz), feature files (.h5, encoded first) or folders of them")
+    p.add_argument("--out", type=Path, required=True, help="index folder (created; slides are added or replaced)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="CARE checkpoint for feature files (default: the shipped demo checkpoint)")
+    p.set_defaults(func=_cmd_index)
+
+    p = sub.add_parser("search", help="regions (or slides) most like a region, a slide or an embedding, from an index")
+    p.add_argument("index", type=Path, help="index folder written by care index")
+    query = p.add_mutually_exclusive_group(required=True)
+    query.add_argument("--slide", default=None, help="the query slide: its name in the index or its _encoding.npz")
+    query.add_argument("--embedding", type=Path, default=None, help="a .npy [E] embedding of the index's CARE model")
+    p.add_argument("--region", type=int, default=None, help="region id of --slide (without it: slide search)")
+    p.add_argument("-k", type=COUNT, default=20, help="number of answers (default 20)")
+    side = p.add_mutually_exclusive_group()
+    side.add_argument("--same-slide", action="store_true", help="only regions of the query's slide")
+    side.add_argument("--other-slides", action="store_true", help="only regions of other slides")
+    p.add_argument("--out", type=Path, default=None, help="also write the answers to a .csv or .json file")
+    p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("pretrain", help="pretrain CARE: Stage I (iBOT on feature grids) or Stage II (RNA / protein alignment)")
     p.add_argument("--stage", choices=["1", "2"], default=None, help="1: iBOT; 2: molecular alignment (needed with --config)")

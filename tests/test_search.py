@@ -1,0 +1,166 @@
+"""Region search: `build_index` / `RegionIndex` / `search_index` and `care index` / `care search`."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+import care_core.search as search
+from care_core._atomic import atomic_path
+from care_core.cli import main
+from care_core.errors import InvalidInputError
+from care_core.model.encoding import HeadPrediction, SlideEncoding
+from care_core.search import RegionIndex, build_index, search_index
+
+SIDE = 512
+
+
+def write_encoding(folder, name, regions, slide=None, model="m1" * 32, encoder="enc", head=None):
+    """An encoding whose region r holds two patches, at (r*SIDE, 0) and (r*SIDE, SIDE)."""
+    emb = np.asarray(regions, dtype=np.float32)
+    r = len(emb)
+    coords = np.array([(i * SIDE, j * SIDE) for i in range(r) for j in (0, 1)], np.int64)
+    preds = [] if head is None else [HeadPrediction("compartment", ("stroma", "tumour"), np.array([0.5, 0.5]), head)]
+    enc = SlideEncoding(slide_embedding=np.asarray(emb.mean(0) if slide is None else slide, np.float32),
+                        region_embeddings=emb, patch_region=np.repeat(np.arange(r), 2), coords=coords,
+                        pi=np.full(r, 1 / r, np.float32), roi=0, patch_size_level0=SIDE,
+                        meta={"model_sha256": model, "encoder": encoder}, predictions=preds)
+    return enc.save_npz(folder / f"{name}_encoding.npz")
+
+
+@pytest.fixture
+def cohort(tmp_path):
+    enc = tmp_path / "enc"
+    enc.mkdir()
+    write_encoding(enc, "a", [[1, 0, 0], [0, 1, 0]], slide=[1, 0, 0],
+                   head=np.array([[0.9, 0.1], [0.2, 0.8]], np.float32))
+    write_encoding(enc, "b", [[1, 1, 0], [0, 0, 1]], slide=[1, 1, 0])
+    write_encoding(enc, "c", [[1, 0.1, 0]], slide=[0, 0, 1])
+    return tmp_path, enc
+
+
+def test_exact_answers_on_a_hand_made_index(cohort):
+    tmp, enc = cohort
+    info = build_index([enc], tmp / "index")
+    assert sorted(info["slides"]) == ["a", "b", "c"] and info["embed_dim"] == 3 and info["encoder"] == "enc"
+    hits = search_index(tmp / "index", slide="a", region=0, k=10)  # the query region itself is left out
+    assert [(h.slide, h.region) for h in hits] == [("c", 0), ("b", 0), ("a", 1), ("b", 1)]
+    np.testing.assert_allclose([h.similarity for h in hits], [1 / np.sqrt(1.01), 1 / np.sqrt(2), 0, 0], atol=1e-6)
+    assert hits[0].centroid == (256.0, 512.0) and hits[0].bbox == (0, 0, 512, 1024) and hits[0].n_patches == 2
+    assert hits[2].predicted == "compartment: tumour" and hits[0].predicted == ""
+    assert [(h.slide, h.region) for h in search_index(tmp / "index", slide="a", region=0, k=2)] == [("c", 0), ("b", 0)]
+    assert [(h.slide, h.region) for h in search_index(tmp / "index", slide="a", region=0, same_slide=True)] == [("a", 1)]
+    other = search_index(tmp / "index", slide="a", region=0, same_slide=False)
+    assert [(h.slide, h.region) for h in other] == [("c", 0), ("b", 0), ("b", 1)]
+    slides = search_index(tmp / "index", slide="a", k=5)  # slide search, the query slide left out
+    assert [(h.slide, h.region, round(h.similarity, 6)) for h in slides] == [("b", -1, round(1 / np.sqrt(2), 6)),
+                                                                            ("c", -1, 0.0)]
+    np.save(tmp / "q.npy", np.array([0, 0, 2], np.float32))
+    assert [(h.slide, h.region, h.similarity) for h in search_index(tmp / "index", embedding=tmp / "q.npy", k=1)] == \
+        [("b", 1, 1.0)]
+
+
+def test_a_query_or_slide_of_another_model_is_refused(cohort):
+    tmp, enc = cohort
+    build_index([enc / "a_encoding.npz"], tmp / "index")
+    other = tmp / "other"
+    other.mkdir()
+    write_encoding(other, "d", [[1, 0, 0]], model="m2" * 32)
+    before = (tmp / "index" / "index.json").read_text()
+    with pytest.raises(InvalidInputError) as err:
+        build_index([enc / "b_encoding.npz", other], tmp / "index")
+    assert str(err.value) == (f"{other / 'd_encoding.npz'} was encoded with CARE model m2m2m2m2m2m2… but the index holds "
+                              "model m1m1m1m1m1m1…; encode it with the index's checkpoint, or build another index")
+    assert (tmp / "index" / "index.json").read_text() == before and not (tmp / "index" / "b.npz").exists()
+    with pytest.raises(InvalidInputError, match="encoded with CARE model m2m2m2m2m2m2… but the index holds"):
+        search_index(tmp / "index", slide=other / "d_encoding.npz", region=0)
+    write_encoding(other, "e", [[1, 0, 0]], encoder="uni")
+    with pytest.raises(InvalidInputError, match="comes from patch encoder 'uni' but the index holds 'enc'"):
+        search_index(tmp / "index", slide=other / "e_encoding.npz", region=0)
+    np.save(tmp / "q.npy", np.zeros(4, np.float32))
+    with pytest.raises(InvalidInputError, match="is a 4-d vector but the index holds 3-d embeddings"):
+        search_index(tmp / "index", embedding=tmp / "q.npy")
+    with pytest.raises(InvalidInputError, match="slide 'zz' is not in index"):
+        search_index(tmp / "index", slide="zz", region=0)
+
+
+def test_adding_slides_keeps_the_others_and_a_re_encoded_slide_replaces_its_shard(cohort):
+    tmp, enc = cohort
+    index = tmp / "index"
+    build_index([enc / "a_encoding.npz", enc / "b_encoding.npz"], index)
+    mtimes = {n: (index / f"{n}.npz").stat().st_mtime_ns for n in "ab"}
+    seen = []
+    build_index([enc], index, progress=lambda slide, what: seen.append((slide, what)))
+    assert seen == [("a", "unchanged"), ("b", "unchanged"), ("c", "added")]
+    assert {n: (index / f"{n}.npz").stat().st_mtime_ns for n in "ab"} == mtimes
+    write_encoding(enc, "b", [[0, 0, 1], [0, 0, 1], [0, 1, 0]])  # b re-encoded: three regions now
+    seen.clear()
+    info = build_index([enc], index, progress=lambda slide, what: seen.append((slide, what)))
+    assert seen == [("a", "unchanged"), ("b", "replaced"), ("c", "unchanged")]
+    assert (index / "a.npz").stat().st_mtime_ns == mtimes["a"] and info["slides"]["b"]["n_regions"] == 3
+    assert len(RegionIndex(index)) == 2 + 3 + 1
+    assert [(h.slide, h.region) for h in search_index(index, slide="a", region=1, k=1)] == [("b", 2)]
+
+
+def test_an_interrupted_build_leaves_the_finished_slides(cohort, monkeypatch):
+    tmp, enc = cohort
+    index = tmp / "index"
+    real, calls = search._write_shard, []
+
+    def write_then_stop(encoding, path):  # Ctrl-C while the second shard is half written
+        calls.append(path.name)
+        if len(calls) == 2:
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(b"half")
+                raise KeyboardInterrupt
+        return real(encoding, path)
+
+    monkeypatch.setattr(search, "_write_shard", write_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        build_index([enc], index)
+    assert sorted(json.loads((index / "index.json").read_text())["slides"]) == ["a"]
+    assert [(h.slide, h.region) for h in search_index(index, slide="a", region=0)] == [("a", 1)]
+    assert sorted(p.name for p in index.iterdir()) == ["a.npz", "index.json"]  # no temp file, no lock
+    monkeypatch.setattr(search, "_write_shard", real)
+    build_index([enc], index)  # the next build finishes the rest
+    assert sorted(p.name for p in index.iterdir()) == ["a.npz", "b.npz", "c.npz", "index.json"]
+
+
+def test_inputs_that_are_not_encodings_are_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidInputError, match="holds no encodings .* run care encode first"):
+        build_index([tmp_path / "empty"], tmp_path / "index")
+    with pytest.raises(InvalidInputError, match="not a region index"):
+        search_index(tmp_path / "empty", slide="a")
+
+
+def test_cli_index_and_search_from_feature_files(tmp_path, capsys):
+    from test_encode import SMALL, write_features
+
+    from care_core.model import CARE, save_checkpoint
+
+    feats = tmp_path / "features"
+    feats.mkdir()
+    write_features(feats, "slide_a", 11, 0)
+    write_features(feats, "slide_b", 12, 1)
+    ckpt = save_checkpoint(CARE.from_seed(0, **SMALL).eval(), tmp_path / "care", encoder="stain-texture",
+                           feature_mpp=0.5, patch_px=512)
+    assert main(["index", str(feats), "--out", str(tmp_path / "index"), "--model", str(ckpt)]) == 0
+    out = capsys.readouterr().out
+    assert "slide_a: added\nslide_b: added\n" in out and "index " in out and "2 slides" in out
+    assert (tmp_path / "index" / "encodings" / "slide_a_encoding.npz").is_file()
+    assert main(["search", str(tmp_path / "index"), "--slide", "slide_a", "--region", "0", "-k", "3",
+                 "--other-slides", "--out", str(tmp_path / "hits.csv")]) == 0
+    out = capsys.readouterr().out
+    with open(tmp_path / "hits.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["rank"] for r in rows] == ["1", "2", "3"] and {r["slide"] for r in rows} == {"slide_b"}
+    assert f"   1  slide_b " in out.splitlines()[1]
+    enc_b = tmp_path / "index" / "encodings" / "slide_b_encoding.npz"
+    assert main(["search", str(tmp_path / "index"), "--slide", str(enc_b), "--out", str(tmp_path / "s.json")]) == 0
+    assert [h["slide"] for h in json.loads((tmp_path / "s.json").read_text())] == ["slide_a"]
+    assert main(["search", str(tmp_path / "index"), "--slide", "nope", "--region", "0"]) == 2
+    assert "care search: error: slide 'nope' is not in index" in capsys.readouterr().err
