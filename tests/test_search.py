@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-import care_core.search as search
+import care_core.search.index as search
 from care_core._atomic import atomic_path
 from care_core.cli import main
 from care_core.errors import InvalidInputError
@@ -158,7 +158,7 @@ def test_cli_index_and_search_from_feature_files(tmp_path, capsys):
     with open(tmp_path / "hits.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["rank"] for r in rows] == ["1", "2", "3"] and {r["slide"] for r in rows} == {"slide_b"}
-    assert f"   1  slide_b " in out.splitlines()[1]
+    assert "   1  slide_b " in out.splitlines()[1]
     enc_b = tmp_path / "index" / "encodings" / "slide_b_encoding.npz"
     assert main(["search", str(tmp_path / "index"), "--slide", str(enc_b), "--out", str(tmp_path / "s.json")]) == 0
     assert [h["slide"] for h in json.loads((tmp_path / "s.json").read_text())] == ["slide_a"]

@@ -1,194 +1,19 @@
-"""Region search: an index of CARE region (and slide) embeddings for a cohort, and exact cosine queries on it.
-
-An index is a folder: one shard per slide (``<slide>.npz``: region embeddings [R, E] float32, centroids and
-bounding boxes in level-0 px, patch counts, predicted class, the slide embedding) and ``index.json`` (the CARE
-model's sha256 and the patch encoder every shard came from, and per slide the sha256 of its source encoding).
-A build adds or replaces one shard at a time, each written atomically and then recorded in ``index.json``
-(also atomic), under the folder's lock: a build stopped anywhere leaves an index of the slides it finished.
-"""
+"""Exact cosine queries on a region index: by a slide's region, by a slide, or by an embedding."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from care_core.errors import InvalidInputError
+from care_core.search.index import check_same_model, model_of, read_index_json, slide_name
 
-__all__ = ["build_index", "RegionIndex", "Hit", "search_index", "write_hits", "INDEX_JSON"]
-
-INDEX_JSON = "index.json"
-FORMAT = "care-region-index/1"
-_SUFFIX = "_encoding.npz"
-
-
-def _slide_name(path: Path) -> str:
-    return path.name[: -len(_SUFFIX)] if path.name.endswith(_SUFFIX) else path.stem
-
-
-def _inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[Path]]:
-    """(encoding .npz files, feature .h5 files) named by ``inputs`` (files or folders of them)."""
-    encodings, features = [], []
-    for item in map(Path, inputs):
-        files = sorted(item.iterdir()) if item.is_dir() else [item] if item.is_file() else None
-        if files is None:
-            raise InvalidInputError(f"input {str(item)!r} does not exist; give encodings (<slide>_encoding.npz), "
-                                    "feature files (.h5) or folders of them")
-        found = [p for p in files if p.name.endswith(".npz") and (p.name.endswith(_SUFFIX) or not item.is_dir())]
-        h5 = [p for p in files if p.suffix.lower() in (".h5", ".hdf5")]
-        if not found and not h5:
-            raise InvalidInputError(f"input {str(item)!r} holds no encodings (<slide>_encoding.npz) or feature files "
-                                    "(.h5); run care encode first")
-        encodings += found
-        features += h5
-    return encodings, features
-
-
-def _model_of(meta: dict) -> tuple[str, str]:
-    """(CARE model sha256, patch encoder) an encoding records ("" when unknown)."""
-    return str(meta.get("model_sha256") or meta.get("checkpoint_sha256") or ""), str(meta.get("encoder") or "")
-
-
-def check_same_model(index: dict, model: str, encoder: str, what: str) -> None:
-    """Raise InvalidInputError (one line, both sides named) when ``what`` came from another CARE model or patch
-    encoder than the index (the rule heads follow)."""
-    if index.get("model_sha256") and model and model != index["model_sha256"]:
-        raise InvalidInputError(f"{what} was encoded with CARE model {model[:12]}… but the index holds model "
-                                f"{index['model_sha256'][:12]}…; encode it with the index's checkpoint, or build "
-                                "another index")
-    if index.get("encoder") and encoder and encoder != index["encoder"]:
-        raise InvalidInputError(f"{what} comes from patch encoder {encoder!r} but the index holds {index['encoder']!r}; "
-                                "re-extract its features with the index's encoder, or build another index")
-
-
-def region_geometry(encoding) -> dict[str, np.ndarray]:
-    """Per region: ``centroid`` [R, 2] float64 mean patch centre (x, y), ``bbox`` [R, 4] int64 (x0, y0, x1, y1)
-    and ``n_patches`` [R] int64, all in level-0 px from the patch coordinates."""
-    n = len(encoding.region_embeddings)
-    region = np.asarray(encoding.patch_region, dtype=np.int64)
-    xy = np.asarray(encoding.coords, dtype=np.int64)
-    side = int(encoding.patch_size_level0)
-    count = np.bincount(region, minlength=n)
-    centre = xy + side / 2
-    centroid = np.stack([np.bincount(region, centre[:, i], minlength=n) for i in (0, 1)], 1) / np.maximum(count, 1)[:, None]
-    lo = np.full((n, 2), np.iinfo(np.int64).max)
-    hi = np.full((n, 2), np.iinfo(np.int64).min)
-    np.minimum.at(lo, region, xy)
-    np.maximum.at(hi, region, xy + side)
-    bbox = np.where(count[:, None] > 0, np.concatenate([lo, hi], 1), -1)
-    return {"centroid": centroid, "bbox": bbox, "n_patches": count}
-
-
-def _predicted(encoding) -> np.ndarray:
-    """[R] str: "<head>: <class>" of the first head with region predictions, "" without one."""
-    n = len(encoding.region_embeddings)
-    for pred in encoding.predictions:
-        if pred.region_class is not None and len(pred.region_class) == n:
-            return np.array([f"{pred.head}: {pred.classes[c]}" for c in pred.region_class], dtype=str)
-    return np.full(n, "", dtype=str)
-
-
-def _write_shard(encoding, path: Path) -> int:
-    from care_core._atomic import atomic_path
-
-    geometry = region_geometry(encoding)
-    arrays = dict(region_embeddings=np.asarray(encoding.region_embeddings, dtype=np.float32),
-                  slide_embedding=np.asarray(encoding.slide_embedding, dtype=np.float32),
-                  predicted=_predicted(encoding), **geometry)
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-    return len(arrays["region_embeddings"])
-
-
-def read_index_json(folder: str | os.PathLike) -> dict:
-    """The ``index.json`` of index ``folder``; InvalidInputError (one line) when it is not an index."""
-    path = Path(folder) / INDEX_JSON
-    try:
-        index = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InvalidInputError(f"{folder}: not a region index (no {INDEX_JSON}); build one with care index") from None
-    except (OSError, ValueError) as err:
-        raise InvalidInputError(f"{path}: unreadable ({type(err).__name__}); build the index again with care index") from None
-    if not isinstance(index, dict) or index.get("format") != FORMAT:
-        raise InvalidInputError(f"{path}: not a region index of this napari-care (format {FORMAT}); build it again")
-    return index
-
-
-def _save_index_json(folder: Path, index: dict) -> None:
-    from care_core._atomic import atomic_path
-
-    with atomic_path(folder / INDEX_JSON) as tmp:
-        tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
-
-
-def _encode_features(features: list[Path], model, out: Path) -> list[Path]:
-    """Encode feature files into ``out``/encodings (slides already encoded with this model are skipped)."""
-    from care_core.encode import iter_encode_paths
-
-    folder = out / "encodings"
-    list(iter_encode_paths(features, model, folder, resume=True))
-    return [folder / f"{p.stem}{_SUFFIX}" for p in features if (folder / f"{p.stem}{_SUFFIX}").is_file()]
-
-
-def build_index(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *, model=None,
-                progress: Callable[[str, str], None] | None = None) -> dict:
-    """Add the slides of ``inputs`` (``<slide>_encoding.npz`` files, feature .h5 files, or folders of them) to the
-    region index ``out`` (created when new); returns its ``index.json`` content.
-
-    Feature files are first encoded with ``model`` (a checkpoint path or CARE; None: the demo checkpoint) into
-    ``out``/encodings. A slide whose source encoding is unchanged (same sha256) is skipped, a changed one
-    replaces its shard, the others are untouched. Every encoding must come from the index's CARE model and
-    patch encoder (InvalidInputError otherwise, before anything is written). progress(slide, "added" |
-    "replaced" | "unchanged") after each slide.
-    """
-    from care_core._atomic import check_output_dir, folder_lock, remove_stale_temps
-    from care_core.features.timm_encoders import sha256_file
-    from care_core.regions.bundle import read_encoding_file
-
-    encodings, features = _inputs(inputs)
-    folder = check_output_dir(out)
-    with folder_lock(folder, what="care index"):
-        remove_stale_temps(folder)
-        if features:
-            encodings += _encode_features(features, model, folder)
-        names = [_slide_name(p) for p in encodings]
-        clash = sorted({n for n in names if names.count(n) > 1})
-        if clash:
-            raise InvalidInputError(f"several encodings are named {clash}; a slide name must be unique in an index")
-        index = read_index_json(folder) if (folder / INDEX_JSON).exists() else {
-            "format": FORMAT, "model_sha256": "", "encoder": "", "embed_dim": 0, "slides": {}}
-        for path in encodings:  # every model checked before the first write
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta_json"])) if "meta_json" in z.files else {}
-            model_id, encoder = _model_of(meta)
-            check_same_model(index, model_id, encoder, str(path))
-            index["model_sha256"] = index["model_sha256"] or model_id
-            index["encoder"] = index["encoder"] or encoder
-        for path, name in zip(encodings, names):
-            sha = sha256_file(path)
-            old = index["slides"].get(name)
-            if old and old["source_sha256"] == sha and (folder / old["shard"]).is_file():
-                progress and progress(name, "unchanged")
-                continue
-            encoding = read_encoding_file(path)
-            if encoding.region_embeddings is None:
-                raise InvalidInputError(f"{path}: holds no region embeddings; encode the slide with CARE (care encode)")
-            dim = encoding.region_embeddings.shape[1]
-            if index["embed_dim"] and dim != index["embed_dim"]:
-                raise InvalidInputError(f"{path}: embeddings are {dim}-d but the index holds {index['embed_dim']}-d; "
-                                        "build another index")
-            n = _write_shard(encoding, folder / f"{name}.npz")
-            index["embed_dim"] = dim
-            index["slides"][name] = {"shard": f"{name}.npz", "source": str(path), "source_sha256": sha, "n_regions": n}
-            _save_index_json(folder, index)
-            progress and progress(name, "replaced" if old else "added")
-        if not (folder / INDEX_JSON).exists():
-            _save_index_json(folder, index)
-    return index
+__all__ = ["RegionIndex", "Hit", "top_k", "search_index", "write_hits"]
 
 
 @dataclass(frozen=True)
@@ -375,8 +200,8 @@ def search_index(index: str | os.PathLike | RegionIndex, *, slide: str | os.Path
     path = Path(slide)
     if path.name.endswith(".npz") and path.is_file():
         encoding = read_encoding_file(path)
-        model, encoder = _model_of(encoding.meta)
-        name = _slide_name(path)
+        model, encoder = model_of(encoding.meta)
+        name = slide_name(path)
         if region is None:
             vector = encoding.slide_embedding
         elif encoding.region_embeddings is None or not 0 <= region < len(encoding.region_embeddings):
