@@ -164,3 +164,25 @@ def test_cli_index_and_search_from_feature_files(tmp_path, capsys):
     assert [h["slide"] for h in json.loads((tmp_path / "s.json").read_text())] == ["slide_a"]
     assert main(["search", str(tmp_path / "index"), "--slide", "nope", "--region", "0"]) == 2
     assert "care search: error: slide 'nope' is not in index" in capsys.readouterr().err
+
+
+def test_the_approximate_index_scanning_every_list_gives_the_exact_answers(tmp_path):
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(0)
+    for s in range(6):
+        write_encoding(tmp_path, f"s{s}", rng.standard_normal((500, 16)))
+    build_index([tmp_path], tmp_path / "index")
+    index = RegionIndex(tmp_path / "index")
+    ann = index.approximate(nlist=20, nprobe=20)
+    assert ann.nlist == 20 and ann.ivf.ntotal == 3000
+    for row in (0, 1234, 2999):
+        query = index.regions[row]
+        slide = index.slide_names[index.slide_of[row]]
+        for same in (None, False):
+            exact = index.search(query, k=10, slide=slide, region=int(index.region_of[row]), same_slide=same,
+                                 approximate=False)
+            approx = index.search(query, k=10, slide=slide, region=int(index.region_of[row]), same_slide=same,
+                                  approximate=True)
+            assert [(h.slide, h.region) for h in approx] == [(h.slide, h.region) for h in exact]
+            np.testing.assert_allclose([h.similarity for h in approx], [h.similarity for h in exact], atol=1e-5)
+    assert index.search(index.regions[0], k=10, approximate=True)[0].region == 0  # no query slide: itself first

@@ -83,6 +83,7 @@ class RegionIndex:
         self.slide_of = np.concatenate(slide_rows) if names else np.zeros(0, np.int64)
         self.region_of = np.concatenate([np.arange(len(r)) for r in slide_rows]) if names else np.zeros(0, np.int64)
         self.meta = {k: np.concatenate(v) if names else np.zeros(0) for k, v in parts.items()}
+        self._approx = None
 
     def __len__(self) -> int:
         return len(self.regions)
@@ -120,12 +121,22 @@ class RegionIndex:
                                     "the index's CARE model")
         return _normalised(q)
 
+    def approximate(self, **kw):
+        """The approximate index (``ApproxIndex(self.regions, **kw)``), built at the first call and kept."""
+        from care_core.search.approx import ApproxIndex
+
+        if self._approx is None or kw:
+            self._approx = ApproxIndex(self.regions, **kw)
+        return self._approx
+
     def search(self, query: np.ndarray, *, k: int = 20, slides: bool = False, slide: str | None = None,
-               region: int | None = None, same_slide: bool | None = None) -> list[Hit]:
+               region: int | None = None, same_slide: bool | None = None, approximate: bool | None = None) -> list[Hit]:
         """The ``k`` most similar regions (``slides``: slides) to ``query`` (a normalised [E] vector, e.g. from
         ``query_embedding`` or ``check_query``), best first. ``slide``/``region`` name the query's own slide and
         region: that item itself is left out, and same_slide True keeps only that slide's regions, False only
-        the other slides' (None: all)."""
+        the other slides' (None: all). approximate: through the faiss index (None: when the index holds at
+        least ``APPROX_ABOVE`` regions and faiss is installed); exact when its candidates fall short."""
+        from care_core.search import approx
         if slides:
             allowed = np.array([n != slide for n in self.slide_names], bool)
             rows, sims = top_k(self.slides_matrix, query, k, allowed)
@@ -140,7 +151,10 @@ class RegionIndex:
                 allowed &= ~((self.slide_of == s) & (self.region_of == region))
         elif same_slide:
             raise InvalidInputError("--same-slide needs the query's slide (--slide)")
-        rows, sims = top_k(self.regions, query, k, allowed)
+        if approximate is None:
+            approximate = len(self) >= approx.APPROX_ABOVE and approx.available()
+        found = self.approximate().top_k(query, k, allowed) if approximate else None
+        rows, sims = found if found is not None else top_k(self.regions, query, k, allowed)
         return [Hit(i + 1, self.slide_names[self.slide_of[r]], int(self.region_of[r]), float(s),
                     tuple(float(v) for v in self.meta["centroid"][r]), tuple(int(v) for v in self.meta["bbox"][r]),
                     int(self.meta["n_patches"][r]), str(self.meta["predicted"][r]))
