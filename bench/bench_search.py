@@ -12,7 +12,12 @@
    CARE's region embedding, the mean patch feature of the same CARE region, and fixed 8x8-patch squares' mean
    patch feature. Target: CARE's region embedding at least the mean patch feature's.
 
-    python bench/bench_search.py [--sizes 10000 100000] [--dims 128 512] [--heldout build/demo-train/heldout]
+   3. Approximate (faiss-cpu installed): at 1M 128-d regions (1000 Gaussian blobs, and standard normal), the
+   IVF-Flat index's median query time and recall@10 against exact for nprobe 8..512. Target: <= 50 ms on one
+   core at recall@10 >= 0.95.
+
+    python bench/bench_search.py [--sizes 10000 100000] [--dims 128 512] [--approx-sizes 1000000]
+                                 [--heldout build/demo-train/heldout]
 """
 
 from __future__ import annotations
@@ -30,17 +35,20 @@ TARGET_MS = 50.0
 TARGET_MEMORY = 1.2
 
 
-def synthetic_index(folder: Path, n: int, dim: int, seed: int = 0, per_slide: int = 1000) -> Path:
-    """An index folder of ``n`` random regions in ``n / per_slide`` shards (the format ``care index`` writes)."""
+def synthetic_index(folder: Path, n: int, dim: int, seed: int = 0, per_slide: int = 1000, clusters: int = 0) -> Path:
+    """An index folder of ``n`` random regions in ``n / per_slide`` shards (the format ``care index`` writes):
+    standard normal embeddings, or with ``clusters`` a mixture of that many unit-variance blobs whose centres have sd 1 per axis."""
     from care_core.search.index import FORMAT, INDEX_JSON
 
     rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(clusters, 1), dim), dtype=np.float32) * (1.0 if clusters else 0.0)
     slides = {}
     for s in range(0, n, per_slide):
         r = min(per_slide, n - s)
         name = f"slide{s // per_slide:05d}"
         xy = rng.integers(0, 50_000, (r, 2))
-        np.savez(folder / f"{name}.npz", region_embeddings=rng.standard_normal((r, dim), dtype=np.float32),
+        emb = centres[rng.integers(0, len(centres), r)] + rng.standard_normal((r, dim), dtype=np.float32)
+        np.savez(folder / f"{name}.npz", region_embeddings=emb,
                  slide_embedding=rng.standard_normal(dim, dtype=np.float32), centroid=xy + 256.0,
                  bbox=np.concatenate([xy, xy + 512], 1), n_patches=np.ones(r, np.int64), predicted=np.full(r, "", str))
         slides[name] = {"shard": f"{name}.npz", "source": "", "source_sha256": "", "n_regions": r}
@@ -65,6 +73,39 @@ def latency(n: int, dim: int, queries: int = 50) -> dict:
     own = n * dim * 4
     return {"n": n, "dim": dim, "ms": ms, "matrix_x": index.regions.nbytes / own, "total_x": index.nbytes / own,
             "mb": index.nbytes / 2**20}
+
+
+def approximate(n: int, dim: int, clusters: int, nprobes=(8, 32, 128, 512), queries: int = 200) -> list[dict]:
+    """Per nprobe: median top-10 query ms (one thread) and recall@10 of the IVF index against exact, over
+    ``queries`` stored rows; with the build time and the index memory."""
+    import faiss
+
+    from care_core.search import RegionIndex, top_k
+
+    faiss.omp_set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        index = RegionIndex(synthetic_index(Path(tmp), n, dim, clusters=clusters))
+    t0 = time.perf_counter()
+    ann = index.approximate()
+    build_s = time.perf_counter() - t0
+    rows = np.random.default_rng(2).integers(0, n, queries)
+    with threadpool_limits(1):
+        t0 = time.perf_counter()
+        truth = [set(top_k(index.regions, index.regions[r], 10)[0]) for r in rows]
+        exact_ms = 1000 * (time.perf_counter() - t0) / queries
+        out = []
+        for nprobe in nprobes:
+            ann.ivf.nprobe = nprobe
+            times, hits = [], 0
+            for r, want in zip(rows, truth):
+                t0 = time.perf_counter()
+                got = ann.top_k(index.regions[r], 10)[0]
+                times.append(time.perf_counter() - t0)
+                hits += len(want & set(got))
+            out.append({"n": n, "dim": dim, "clusters": clusters, "nlist": ann.nlist, "nprobe": nprobe,
+                        "ms": 1000 * float(np.median(times)), "recall": hits / (10 * queries), "exact_ms": exact_ms,
+                        "build_s": build_s, "x": (index.nbytes + ann.nbytes) / (n * dim * 4)})
+    return out
 
 
 def precision_at_10(vectors: np.ndarray, labels: np.ndarray, slide: np.ndarray, other_slides: bool = False) -> float:
@@ -129,6 +170,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--dims", type=int, nargs="+", default=[128, 512])
+    ap.add_argument("--approx-sizes", type=int, nargs="*", default=[1_000_000],
+                    help="index sizes for the approximate (faiss) index; none to skip")
     ap.add_argument("--heldout", type=Path, default=Path("build/demo-train/heldout"))
     args = ap.parse_args()
     print("| regions | dim | query ms (1 core, top-10) | / 50 ms target | matrix / embeddings | index / embeddings | MB |")
@@ -138,6 +181,22 @@ def main() -> None:
             r = latency(n, dim)
             print(f"| {n} | {dim} | {r['ms']:.2f} | {r['ms'] / TARGET_MS:.2f} | {r['matrix_x']:.2f} | "
                   f"{r['total_x']:.2f} | {r['mb']:.1f} |")
+    if args.approx_sizes:
+        try:
+            import faiss  # noqa: F401
+        except ImportError:
+            print("\nfaiss is not installed (pip install napari-care[search]): approximate index skipped")
+            args.approx_sizes = []
+    for n in args.approx_sizes:
+        for clusters in (1000, 0):
+            rows = approximate(n, 128, clusters)
+            print(f"\n{n} regions, 128-d, {'standard normal' if not clusters else f'{clusters} blobs'}: IVF-Flat "
+                  f"{rows[0]['nlist']} lists, built in {rows[0]['build_s']:.1f} s; exact {rows[0]['exact_ms']:.1f} ms "
+                  f"/ query; memory (exact matrix + IVF + metadata) {rows[0]['x']:.2f}x the embeddings")
+            print("| nprobe | query ms (1 core) | / 50 ms target | recall@10 (target >= 0.95) |")
+            print("|---:|---:|---:|---:|")
+            for r in rows:
+                print(f"| {r['nprobe']} | {r['ms']:.2f} | {r['ms'] / TARGET_MS:.2f} | {r['recall']:.3f} |")
     if not (args.heldout / "truth").is_dir():
         print(f"\nno held-out cohort with truth at {args.heldout}: precision@10 skipped")
         return
