@@ -186,3 +186,53 @@ def test_the_approximate_index_scanning_every_list_gives_the_exact_answers(tmp_p
             assert [(h.slide, h.region) for h in approx] == [(h.slide, h.region) for h in exact]
             np.testing.assert_allclose([h.similarity for h in approx], [h.similarity for h in exact], atol=1e-5)
     assert index.search(index.regions[0], k=10, approximate=True)[0].region == 0  # no query slide: itself first
+
+
+CHILD = """
+import sys, time
+from pathlib import Path
+import care_core.search.index as search
+from care_core._atomic import atomic_path
+
+real, done = search._write_shard, []
+
+def write_slowly(encoding, path):  # the third shard hangs half written, for the parent's SIGKILL
+    if len(done) == 2:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"half")
+            print("hanging", flush=True)
+            time.sleep(60)
+    done.append(path)
+    return real(encoding, path)
+
+search._write_shard = write_slowly
+search.build_index([Path(sys.argv[1])], Path(sys.argv[2]))
+"""
+
+
+def test_a_build_killed_mid_shard_leaves_the_finished_slides_and_the_next_build_goes_on(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    enc = tmp_path / "enc"
+    enc.mkdir()
+    for name in "abcd":
+        write_encoding(enc, name, np.eye(3)[:2] + ord(name))
+    index = tmp_path / "index"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(enc), str(index)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "hanging\n"
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    left = sorted(p.name for p in index.iterdir())
+    assert left[0].startswith(f".c.npz.{child.pid}.") and left[0].endswith(".tmp")  # the killed write's temp file
+    assert left[1:] == [".care.lock", "a.npz", "b.npz", "index.json"]
+    assert sorted(json.loads((index / "index.json").read_text())["slides"]) == ["a", "b"]
+    assert len(RegionIndex(index)) == 4
+    seen = []
+    build_index([enc], index, progress=lambda slide, what: seen.append((slide, what)))
+    assert seen == [("a", "unchanged"), ("b", "unchanged"), ("c", "added"), ("d", "added")]
+    assert sorted(p.name for p in index.iterdir()) == ["a.npz", "b.npz", "c.npz", "d.npz", "index.json"]
