@@ -224,11 +224,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
     same = True if args.same_slide else False if args.other_slides else None
     hits = search_index(args.index, slide=args.slide, region=args.region, embedding=args.embedding, k=args.k,
                         same_slide=same)
-    print(f"{'rank':>4}  {'slide':24s} {'region':>6}  {'similarity':>10}  {'centroid (x, y) px':>20}  predicted")
+    width = max([5, *(len(h.slide) for h in hits)])
+    print(f"{'rank':>4}  {'slide':{width}s}  {'region':>6}  {'similarity':>10}  {'centroid (x, y) px':>18}  predicted")
     for h in hits:
         where = "" if h.centroid is None else f"{h.centroid[0]:.0f}, {h.centroid[1]:.0f}"
         region = "" if h.region < 0 else h.region
-        print(f"{h.rank:>4}  {h.slide:24s} {region:>6}  {h.similarity:>10.4f}  {where:>20}  {h.predicted}")
+        print(f"{h.rank:>4}  {h.slide:{width}s}  {region:>6}  {h.similarity:>10.4f}  {where:>18}  {h.predicted}")
     if args.out is not None:
         print(f"results: {write_hits(hits, args.out)}")
     return 0
