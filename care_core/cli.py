@@ -188,6 +188,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
             kind = "failed" if r.error else "encoded" if r.written else "skipped"
             counts[kind] += 1
             bar.write(f"{r.path.name}: " + (f"failed: {r.error}" if r.error else ", ".join(p.name for p in r.written) or r.note))
+            _raise_if_signalled()
     finally:  # before any error line
         results.close()  # an interrupt between two slides releases the folder's lock now, not at exit
         if bar is not None:
@@ -569,35 +570,56 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM (a batch system's time limit, `kill`), unwound like Ctrl-C so that temp files are removed."""
 
 
+_SIGNALLED: list[type[KeyboardInterrupt]] = []  # the interrupts received during this command
+
+
+def _raise_if_signalled() -> None:
+    """Raise again a Ctrl-C / SIGTERM whose first raise Python dropped (it landed in a finaliser or a weakref
+    callback: "Exception ignored in ..."), so a loop over slides stops at the next slide instead of going on."""
+    if _SIGNALLED:
+        raise _SIGNALLED[-1]()
+
+
 @contextmanager
-def _sigterm_unwinds(between_steps: bool = False):
-    """SIGTERM raises _Terminated where the program is; with ``between_steps`` (training) it only asks the trainer
-    to stop before its next step: an exception raised inside a step can land in C-extension code (h5py, torch)
-    that cannot unwind from it (a SystemError, or a swallowed raise and a run that goes on)."""
+def _signals_unwind(between_steps: bool = False):
+    """Ctrl-C raises KeyboardInterrupt and SIGTERM _Terminated where the program is (each remembered for
+    `_raise_if_signalled`); with ``between_steps`` (training) SIGTERM only asks the trainer to stop before its next
+    step: an exception raised inside a step can land in C-extension code (h5py, torch) that cannot unwind from it
+    (a SystemError, or a swallowed raise and a run that goes on)."""
     if between_steps:
         from care_core.train.trainer import STOP
 
     def handler(signum, frame):
-        if between_steps:
+        if between_steps and signum == signal.SIGTERM:
             STOP.set()
             return
-        raise _Terminated()
+        kind = _Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        _SIGNALLED.append(kind)
+        raise kind()
 
+    def unraisable(info) -> None:  # a dropped interrupt is raised again at the next slide: no traceback for it
+        if not isinstance(info.exc_value, KeyboardInterrupt):
+            old_unraisable(info)
+
+    _SIGNALLED.clear()
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.signal(signal.SIGTERM, handler)
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    old_unraisable, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        sys.unraisablehook = old_unraisable
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the `care` command; exit status 0 (all went well), 1 (some slides failed), 2 (an error stopped it),
     130 / 143 (Ctrl-C / SIGTERM: temp files are removed, finished outputs kept)."""
     args = build_parser().parse_args(argv)
-    with _plain_messages(args.command), _sigterm_unwinds(between_steps=args.command in ("pretrain", "finetune")):
+    with _plain_messages(args.command), _signals_unwind(between_steps=args.command in ("pretrain", "finetune")):
         try:
             return args.func(args)
         except CareError as exc:
