@@ -152,9 +152,8 @@ def write_synthetic_cohort(out_dir: str | os.PathLike, n_slides: int, *, seed: i
     fractions, structure_mm2 = np.stack([t[0] for t in truth]), np.stack([t[1] for t in truth])
     from care_core.synth.molecular import molecular_profiles, signature_scores, write_molecular_tables
 
-    write_molecular_tables(out_dir, sample_ids, fractions, patients, structure_mm2=structure_mm2, seed=int(seed),
-                           protein_missing=protein_missing)
     prof = molecular_profiles(fractions, patients, structure_mm2=structure_mm2, seed=int(seed))
+    write_molecular_tables(out_dir, sample_ids, prof, patients, seed=int(seed), protein_missing=protein_missing)
     say("molecular tables: rna.h5ad, protein.csv")
     names = [COMPARTMENTS[k] for k in sorted(COMPARTMENTS)]
     _write_csv(out_dir / "compartments.csv",

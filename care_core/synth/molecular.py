@@ -10,7 +10,7 @@ Each local structure (``care_core.synth.tissue.STRUCTURES``) drives a signature 
 no compartment program raises (TIL, lymphocytes infiltrating tumour: interferon-α, IL-6/JAK/STAT3 and TNF-α/NF-κB
 signalling; TLS, tertiary lymphoid aggregates: complement, inflammatory response and the germinal centres' MYC
 targets), raised by 2–3.5 per unit of its driver d_s = structure area / `STRUCTURE_REF_MM2` (0 where the slide has
-none): a hot infiltrate moves a hundred genes as much as a compartment program does. A sample's expression is
+none): a hot infiltrate moves some seventy genes as much as a compartment program does. A sample's expression is
 
     x_g = Σ_c f_c · exp(program_c,g) · exp(Σ_s d_s · signature_s,g + z_patient · L_g + ε_g),   ε_g ~ N(0, noise_sigma²),
 
@@ -168,12 +168,10 @@ def signature_scores(rna: np.ndarray, genes: Sequence[str], signatures: dict[str
     return {name: logx[:, [col[g] for g in members]].mean(1) for name, members in signatures.items() if members}
 
 
-def write_molecular_tables(out_dir: str | os.PathLike, sample_ids: Sequence[str], fractions: np.ndarray,
-                           patients: Sequence[str], *, structure_mm2: np.ndarray | None = None, seed: int = 0,
-                           program_seed: int = 0, protein_missing: float = 0.2,
-                           genes: Sequence[str] | None = None) -> tuple[Path, Path]:
-    """Write `<out_dir>/rna.h5ad` (samples × genes, obs column `patient`) and `<out_dir>/protein.csv`
-    (sample_id, then one column per protein) for the given samples; returns both paths.
+def write_molecular_tables(out_dir: str | os.PathLike, sample_ids: Sequence[str], prof: MolecularProfiles,
+                           patients: Sequence[str], *, seed: int = 0, protein_missing: float = 0.2) -> tuple[Path, Path]:
+    """Write profiles `prof` (``molecular_profiles``) as `<out_dir>/rna.h5ad` (samples × genes, obs column
+    `patient`) and `<out_dir>/protein.csv` (sample_id, then one column per protein); returns both paths.
 
     protein_missing: share of samples left out of the protein table (drawn from `seed`), as in real cohorts
     where fewer samples have protein than RNA.
@@ -181,8 +179,6 @@ def write_molecular_tables(out_dir: str | os.PathLike, sample_ids: Sequence[str]
     from care_core.train.expression import write_h5ad
 
     out_dir = Path(out_dir)
-    prof = molecular_profiles(fractions, patients, structure_mm2=structure_mm2, genes=genes, seed=seed,
-                              program_seed=program_seed)
     rna_path = write_h5ad(out_dir / "rna.h5ad", prof.rna, sample_ids, prof.genes, obs={"patient": list(patients)})
     keep = np.random.default_rng([seed, 401]).random(len(sample_ids)) >= protein_missing
     protein_path = out_dir / "protein.csv"
