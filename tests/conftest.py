@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -10,6 +11,13 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CONCH_SAMPLE = SHARED_DATA / "care_sample_conch_v15_19579.npy"
+
+
+def pytest_configure(config):
+    """A suite started in the background of a non-interactive shell (``make test &``) inherits Ctrl-C ignored,
+    and so would every child it starts; the interrupt tests send a real SIGINT, so give it back its default."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
