@@ -130,6 +130,7 @@ def iter_slide_pipeline(
     """
     from care_core.errors import InvalidInputError
     from care_core.features import PatchFeatures, get_encoder, get_encoder_spec, iter_extract, load_features
+    from care_core.evaluate.cohort import model_sha256
     from care_core.features.registry import resolve_device
     from care_core.model import untrained_care
     from care_core.model.checkpoint import check_features, load_checkpoint
@@ -167,6 +168,8 @@ def iter_slide_pipeline(
         t = time.perf_counter()
         yield PipelineProgress("cache", 0, 1)
         encoding = SlideEncoding.load_npz(encoding_file)
+        if care is not None:  # a result cached before encodings recorded their model (a region index checks it)
+            encoding.meta.setdefault("model_sha256", model_sha256(care))
         tissue_mask, tissue_ds = _load_tissue(tissue_file)
         yield PipelineProgress("cache", 1, 1)
         timings["cache"] = time.perf_counter() - t
@@ -222,7 +225,7 @@ def iter_slide_pipeline(
         care, _ = untrained_care(untrained_seed, features.dim, encoder=features.encoder or "")
     care.to(device)
     encoding = care.encode(features)
-    encoding.meta.update(slide_size_level0=list(slide_size), slide_mpp=slide_mpp,
+    encoding.meta.update(slide_size_level0=list(slide_size), slide_mpp=slide_mpp, model_sha256=model_sha256(care),
                          model=str(model) if model is not None else f"untrained (seed {untrained_seed})")
     yield PipelineProgress("care", 1, 1)
     timings["care"] = time.perf_counter() - t

@@ -7,7 +7,7 @@ import numpy as np
 
 from ._layers import ROI_SCREEN_PX
 
-OUTLINE_PX = {"roi": ROI_SCREEN_PX, "annotations": 2.0}  # screen px per outline kind
+OUTLINE_PX = {"roi": ROI_SCREEN_PX, "annotations": 2.0, "similar": ROI_SCREEN_PX}  # screen px per outline kind
 
 
 def camera(viewer):
@@ -88,3 +88,28 @@ def update_outline_widths(viewer) -> None:
         px = OUTLINE_PX.get(layer.metadata.get("care_kind"))
         if px is not None and layer._type_string == "shapes":
             set_edge_width(layer, px / zoom)
+
+
+def fit_box(viewer, box_um, fill: float = 0.6) -> None:
+    """Centre the view on ``box_um`` (y0, x0, y1, x1 in world µm) and zoom so it fills ``fill`` of the canvas."""
+    canvas = getattr(viewer, "canvas", None)
+    size = canvas.size if canvas is not None else viewer._canvas_size  # (h, w) screen px
+    y0, x0, y1, x1 = (float(v) for v in box_um)
+    cam = camera(viewer)
+    cam.center = (*cam.center[:-2], (y0 + y1) / 2, (x0 + x1) / 2)
+    cam.zoom = fill * min(size) / max(y1 - y0, x1 - x0, 1e-9)
+
+
+def show_only_slide(viewer, slide) -> None:
+    """Show ``slide`` (a slide layer) and the CARE layers made over it; hide the other slides and their CARE
+    layers (they lie over the same world µm). Layers hidden here come back when their slide is shown again."""
+    for layer in viewer.layers:
+        owner = layer.name if layer.metadata.get("path") else layer.metadata.get("care_source")
+        if owner is None:
+            continue
+        if owner != slide.name and layer.visible:
+            layer.visible = False
+            layer.metadata["care_hidden_for_slide"] = True
+        elif owner == slide.name and layer.metadata.pop("care_hidden_for_slide", False):
+            layer.visible = True
+    slide.visible = True

@@ -13,7 +13,7 @@ import numpy as np
 
 from care_core.errors import InvalidInputError
 
-__all__ = ["build_index", "read_index_json", "check_same_model", "model_of", "slide_name", "region_geometry",
+__all__ = ["build_index", "read_index_json", "check_same_model", "model_of", "slide_name", "region_geometry", "predicted_classes",
            "INDEX_JSON"]
 
 INDEX_JSON = "index.json"
@@ -78,7 +78,7 @@ def region_geometry(encoding) -> dict[str, np.ndarray]:
     return {"centroid": centroid, "bbox": bbox, "n_patches": count}
 
 
-def _predicted(encoding) -> np.ndarray:
+def predicted_classes(encoding) -> np.ndarray:
     """[R] str: "<head>: <class>" of the first head with region predictions, "" without one."""
     n = len(encoding.region_embeddings)
     for pred in encoding.predictions:
@@ -87,13 +87,24 @@ def _predicted(encoding) -> np.ndarray:
     return np.full(n, "", dtype=str)
 
 
+def _absolute(slide_path: str) -> str:
+    """A relative slide path made absolute when it names a file from here (the gallery then finds the slide
+    from any working folder); otherwise as recorded."""
+    path = Path(slide_path)
+    return str(path.resolve()) if slide_path and not path.is_absolute() and path.is_file() else slide_path
+
+
 def _write_shard(encoding, path: Path) -> int:
     from care_core._atomic import atomic_path
 
     geometry = region_geometry(encoding)
     arrays = dict(region_embeddings=np.asarray(encoding.region_embeddings, dtype=np.float32),
                   slide_embedding=np.asarray(encoding.slide_embedding, dtype=np.float32),
-                  predicted=_predicted(encoding), **geometry)
+                  predicted=predicted_classes(encoding), **geometry,
+                  # each patch's top-left and region, for the outline on a result's thumbnail
+                  patch_xy=np.asarray(encoding.coords, dtype=np.int32),
+                  patch_region=np.asarray(encoding.patch_region, dtype=np.int32),
+                  patch_size_level0=np.int64(encoding.patch_size_level0))
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
     return len(arrays["region_embeddings"])
@@ -178,7 +189,8 @@ def build_index(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *, 
                                         "build another index")
             n = _write_shard(encoding, folder / f"{name}.npz")
             index["embed_dim"] = dim
-            index["slides"][name] = {"shard": f"{name}.npz", "source": str(path), "source_sha256": sha, "n_regions": n}
+            index["slides"][name] = {"shard": f"{name}.npz", "source": str(path), "source_sha256": sha, "n_regions": n,
+                                     "slide_path": _absolute(encoding.meta.get("slide_path") or "")}
             _save_index_json(folder, index)
             progress and progress(name, "replaced" if old else "added")
         if not (folder / INDEX_JSON).exists():

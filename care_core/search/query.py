@@ -13,7 +13,7 @@ import numpy as np
 from care_core.errors import InvalidInputError
 from care_core.search.index import check_same_model, model_of, read_index_json, slide_name
 
-__all__ = ["RegionIndex", "Hit", "top_k", "search_index", "write_hits"]
+__all__ = ["RegionIndex", "Hit", "top_k", "search_index", "search_encoding", "write_hits"]
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,26 @@ class RegionIndex:
                                     "the index's CARE model")
         return _normalised(q)
 
+    def slide_path(self, slide: str) -> Path | None:
+        """The slide file ``slide``'s encoding was made from, when it exists here (a relative path is tried
+        from the working folder, then beside its source encoding); None otherwise."""
+        entry = self.info["slides"].get(slide, {})
+        recorded = entry.get("slide_path") or ""
+        if not recorded:
+            return None
+        path = Path(recorded)
+        candidates = [path] if path.is_absolute() else [path, Path(entry.get("source", "")).parent / path]
+        return next((c for c in candidates if c.is_file()), None)
+
+    def region_patches(self, slide: str, region: int) -> tuple[np.ndarray, int] | None:
+        """(top-left (x, y) [n, 2] of ``slide``'s region ``region``'s patches, patch side), level-0 px; None for a
+        shard written before shards kept their patches."""
+        path = self.folder / self.info["slides"][slide]["shard"]
+        with np.load(path, allow_pickle=False) as z:
+            if "patch_xy" not in z.files:
+                return None
+            return z["patch_xy"][z["patch_region"] == region], int(z["patch_size_level0"])
+
     def approximate(self, **kw):
         """The approximate index (``ApproxIndex(self.regions, **kw)``), built at the first call and kept."""
         from care_core.search.approx import ApproxIndex
@@ -159,6 +179,23 @@ class RegionIndex:
                     tuple(float(v) for v in self.meta["centroid"][r]), tuple(int(v) for v in self.meta["bbox"][r]),
                     int(self.meta["n_patches"][r]), str(self.meta["predicted"][r]))
                 for i, (r, s) in enumerate(zip(rows, sims))]
+
+
+def search_encoding(encoding, region: int, *, k: int = 20, slide: str = "") -> list[Hit]:
+    """The ``k`` regions of one slide's ``encoding`` most like its region ``region`` (itself left out), best
+    first: a search of the open slide alone, no index needed. slide: the name the hits carry."""
+    from care_core.search.index import predicted_classes, region_geometry
+
+    n = len(encoding.region_embeddings)
+    if not 0 <= region < n:
+        raise InvalidInputError(f"region {region} is not one of the slide's {n} regions (0..{n - 1})")
+    matrix = _normalised(encoding.region_embeddings)
+    allowed = np.arange(n) != region
+    rows, sims = top_k(matrix, matrix[region], k, allowed)
+    geometry, predicted = region_geometry(encoding), predicted_classes(encoding)
+    return [Hit(i + 1, slide, int(r), float(s), tuple(float(v) for v in geometry["centroid"][r]),
+                tuple(int(v) for v in geometry["bbox"][r]), int(geometry["n_patches"][r]), str(predicted[r]))
+            for i, (r, s) in enumerate(zip(rows, sims))]
 
 
 def write_hits(hits: Sequence[Hit], path: str | os.PathLike) -> Path:
