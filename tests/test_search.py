@@ -236,3 +236,49 @@ def test_a_build_killed_mid_shard_leaves_the_finished_slides_and_the_next_build_
     build_index([enc], index, progress=lambda slide, what: seen.append((slide, what)))
     assert seen == [("a", "unchanged"), ("b", "unchanged"), ("c", "added"), ("d", "added")]
     assert sorted(p.name for p in index.iterdir()) == ["a.npz", "b.npz", "c.npz", "d.npz", "index.json"]
+
+
+def test_the_approximate_index_holds_the_only_copy_is_saved_and_follows_the_slides(tmp_path, monkeypatch):
+    pytest.importorskip("faiss")
+    from care_core.search import approx
+
+    rng = np.random.default_rng(1)
+    enc = tmp_path / "enc"
+    enc.mkdir()
+    for s in range(4):
+        write_encoding(enc, f"s{s}", rng.standard_normal((600, 32)))
+    build_index([enc], tmp_path / "index")
+    exact = RegionIndex(tmp_path / "index", approximate=False)
+    index = RegionIndex(tmp_path / "index", approximate=True)
+    saved = sorted(p.name for p in (tmp_path / "index").glob("approx-*.faiss"))
+    assert index.regions is None and len(index) == 2400 and len(saved) == 1
+    own = 2400 * 32 * 4
+    meta = index.nbytes - index._approx.nbytes
+    assert index._approx.nbytes <= 1.2 * own  # the embeddings once (lists, ids, row map), not twice
+    np.testing.assert_allclose(index.query_embedding("s2", 5), exact.query_embedding("s2", 5), atol=1e-6)
+    query = exact.query_embedding("s1", 7)
+    want = exact.search(query, k=10, slide="s1", region=7, same_slide=False)
+    got = index.search(query, k=10, slide="s1", region=7, same_slide=False, approximate=False)  # every list
+    assert [(h.slide, h.region) for h in got] == [(h.slide, h.region) for h in want] and meta > 0
+
+    def no_build(*args, **kw):
+        raise AssertionError("the saved index should have been loaded")
+
+    with monkeypatch.context() as mp:  # the next load reads the saved index, no k-means
+        real = approx.ApproxIndex.__init__
+
+        def init(self, matrix, **kw):
+            if matrix is not None:
+                no_build()
+            real(self, matrix, **kw)
+
+        mp.setattr(approx.ApproxIndex, "__init__", init)
+        again = RegionIndex(tmp_path / "index", approximate=True)
+        assert [(h.slide, h.region) for h in again.search(query, k=5, slide="s1", region=7)] == \
+            [(h.slide, h.region) for h in index.search(query, k=5, slide="s1", region=7)]
+    write_encoding(enc, "s4", rng.standard_normal((10, 32)))  # a slide added: the saved index is stale
+    build_index([enc / "s4_encoding.npz"], tmp_path / "index")
+    grown = RegionIndex(tmp_path / "index", approximate=True)
+    assert len(grown) == 2410 and grown._approx.ivf.ntotal == 2410
+    assert [p.name for p in (tmp_path / "index").glob("approx-*.faiss")] != saved  # replaced, not added
+    assert len(list((tmp_path / "index").glob("approx-*.faiss"))) == 1

@@ -195,4 +195,19 @@ def build_index(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *, 
             progress and progress(name, "replaced" if old else "added")
         if not (folder / INDEX_JSON).exists():
             _save_index_json(folder, index)
+        _save_approximate(folder, index, progress)
     return index
+
+
+def _save_approximate(folder: Path, index: dict, progress) -> None:
+    """Build and save the approximate (faiss) index of a large index now, so that queries load it instead of
+    building it; an up-to-date one is kept."""
+    from care_core.search import approx
+    from care_core.search.query import RegionIndex
+
+    total = sum(s["n_regions"] for s in index["slides"].values())
+    if total < approx.APPROX_ABOVE or not approx.available():
+        return
+    fresh = approx.saved_path(folder, approx.index_key(index)).is_file()
+    RegionIndex(folder, approximate=True)
+    progress and progress("approximate index", "unchanged" if fresh else "saved")

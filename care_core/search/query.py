@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from care_core.errors import InvalidInputError
+from care_core.errors import CareError, InvalidInputError
 from care_core.search.index import check_same_model, model_of, read_index_json, slide_name
 
 __all__ = ["RegionIndex", "Hit", "top_k", "search_index", "search_encoding", "write_hits"]
@@ -56,14 +56,27 @@ def top_k(matrix: np.ndarray, query: np.ndarray, k: int, allowed: np.ndarray | N
 
 
 class RegionIndex:
-    """A region index loaded for queries: every shard's normalised region embeddings in one [N, E] float32 matrix
-    (``regions``), the slide embeddings in ``slides_matrix`` [S, E], and per row its slide and region."""
+    """A region index loaded for queries: the slide embeddings in ``slides_matrix`` [S, E], per region row its
+    slide and region (``slide_of``, ``region_of``) and metadata, and the region embeddings, normalised: in one
+    [N, E] float32 matrix ``regions`` (exact search), or, with ``approximate``, only inside the faiss index
+    (``regions`` is None; saved beside the shards and loaded again while they are unchanged).
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    approximate: None: when the index holds at least ``APPROX_ABOVE`` regions and faiss is installed.
+    """
+
+    def __init__(self, folder: str | os.PathLike, *, approximate: bool | None = None) -> None:
+        from care_core.search import approx
+
         self.folder = Path(folder)
         self.info = read_index_json(self.folder)
         names = sorted(self.info["slides"])
-        parts: dict[str, list] = {k: [] for k in ("region_embeddings", "centroid", "bbox", "n_patches", "predicted")}
+        total = sum(int(self.info["slides"][n]["n_regions"]) for n in names)
+        if approximate is None:
+            approximate = total >= approx.APPROX_ABOVE and approx.available()
+        key = approx.index_key(self.info)
+        self._approx = approx.load_saved(self.folder, key, total) if approximate else None
+        keys = ("centroid", "bbox", "n_patches", "predicted") + (() if self._approx else ("region_embeddings",))
+        parts: dict[str, list] = {k: [] for k in keys}
         slide_rows, slide_emb = [], []
         for i, name in enumerate(names):
             path = self.folder / self.info["slides"][name]["shard"]
@@ -76,23 +89,34 @@ class RegionIndex:
                 raise InvalidInputError(f"{path}: shard of slide {name!r} is unreadable ({type(err).__name__}); "
                                         "run care index on its encoding again") from None
             slide_rows.append(np.full(len(parts["n_patches"][-1]), i, np.int64))
-        dim = self.info.get("embed_dim") or 0
+        self.dim = int(self.info.get("embed_dim") or 0)
         self.slide_names = names
-        self.regions = _normalised(np.concatenate(parts.pop("region_embeddings")) if names else np.zeros((0, dim)))
-        self.slides_matrix = _normalised(np.stack(slide_emb) if names else np.zeros((0, dim)))
+        matrix = parts.pop("region_embeddings", None)
+        matrix = None if matrix is None else _normalised(np.concatenate(matrix) if names else np.zeros((0, self.dim)))
+        if approximate and self._approx is None and total:
+            self._approx = approx.ApproxIndex(matrix)
+            try:
+                self._approx.save(self.folder, key)
+            except (OSError, CareError):  # a read-only or full folder: built again at the next load
+                pass
+        self.regions = None if self._approx is not None else matrix
+        self.slides_matrix = _normalised(np.stack(slide_emb) if names else np.zeros((0, self.dim)))
         self.slide_of = np.concatenate(slide_rows) if names else np.zeros(0, np.int64)
         self.region_of = np.concatenate([np.arange(len(r)) for r in slide_rows]) if names else np.zeros(0, np.int64)
         self.meta = {k: np.concatenate(v) if names else np.zeros(0) for k, v in parts.items()}
-        self._approx = None
 
     def __len__(self) -> int:
-        return len(self.regions)
+        return len(self.slide_of)
 
     @property
     def nbytes(self) -> int:
-        """Bytes held in memory: the matrices and the per-region metadata."""
-        return sum(a.nbytes for a in (self.regions, self.slides_matrix, self.slide_of, self.region_of,
-                                      *self.meta.values()))
+        """Bytes held in memory: the embeddings (matrix or faiss index) and the per-region metadata."""
+        held = self.regions.nbytes if self.regions is not None else self._approx.nbytes if self._approx else 0
+        return held + sum(a.nbytes for a in (self.slides_matrix, self.slide_of, self.region_of, *self.meta.values()))
+
+    def vector(self, row: int) -> np.ndarray:
+        """The normalised embedding [E] of region row ``row``."""
+        return self.regions[row] if self.regions is not None else self._approx.vector(row)
 
     def _slide_id(self, slide: str) -> int:
         if slide not in self.info["slides"]:
@@ -109,15 +133,15 @@ class RegionIndex:
         n = int((self.slide_of == s).sum())
         if not 0 <= region < n:
             raise InvalidInputError(f"region {region} is not one of slide {slide!r}'s {n} regions (0..{n - 1})")
-        return self.regions[np.flatnonzero(self.slide_of == s)[region]]
+        return self.vector(np.flatnonzero(self.slide_of == s)[region])
 
     def check_query(self, embedding: np.ndarray, *, model: str = "", encoder: str = "", what: str = "the query") -> np.ndarray:
         """``embedding`` as a normalised [E] vector after the model and width checks (InvalidInputError)."""
         check_same_model(self.info, model, encoder, what)
         q = np.asarray(embedding, dtype=np.float32).reshape(-1)
-        if q.shape[0] != self.regions.shape[1] or not np.isfinite(q).all():
+        if q.shape[0] != self.dim or not np.isfinite(q).all():
             raise InvalidInputError(f"{what} is a {q.shape[0]}-d vector{'' if np.isfinite(q).all() else ' with non-finite values'}"
-                                    f" but the index holds {self.regions.shape[1]}-d embeddings; give a finite embedding of "
+                                    f" but the index holds {self.dim}-d embeddings; give a finite embedding of "
                                     "the index's CARE model")
         return _normalised(q)
 
@@ -142,10 +166,11 @@ class RegionIndex:
             return z["patch_xy"][z["patch_region"] == region], int(z["patch_size_level0"])
 
     def approximate(self, **kw):
-        """The approximate index (``ApproxIndex(self.regions, **kw)``), built at the first call and kept."""
+        """The approximate index: the one loaded, or built from the exact matrix at the first call (again with
+        ``ApproxIndex`` keywords ``kw``) and kept."""
         from care_core.search.approx import ApproxIndex
 
-        if self._approx is None or kw:
+        if self._approx is None or (kw and self.regions is not None):
             self._approx = ApproxIndex(self.regions, **kw)
         return self._approx
 
@@ -154,9 +179,8 @@ class RegionIndex:
         """The ``k`` most similar regions (``slides``: slides) to ``query`` (a normalised [E] vector, e.g. from
         ``query_embedding`` or ``check_query``), best first. ``slide``/``region`` name the query's own slide and
         region: that item itself is left out, and same_slide True keeps only that slide's regions, False only
-        the other slides' (None: all). approximate: through the faiss index (None: when the index holds at
-        least ``APPROX_ABOVE`` regions and faiss is installed); exact when its candidates fall short."""
-        from care_core.search import approx
+        the other slides' (None: all). approximate: through the faiss index (None: when it was loaded with
+        one); exact scans every list of an index without the exact matrix."""
         if slides:
             allowed = np.array([n != slide for n in self.slide_names], bool)
             rows, sims = top_k(self.slides_matrix, query, k, allowed)
@@ -172,9 +196,11 @@ class RegionIndex:
         elif same_slide:
             raise InvalidInputError("--same-slide needs the query's slide (--slide)")
         if approximate is None:
-            approximate = len(self) >= approx.APPROX_ABOVE and approx.available()
-        found = self.approximate().top_k(query, k, allowed) if approximate else None
-        rows, sims = found if found is not None else top_k(self.regions, query, k, allowed)
+            approximate = self._approx is not None
+        if approximate or self.regions is None:
+            rows, sims = self.approximate().top_k(query, k, allowed, exact=not approximate)
+        else:
+            rows, sims = top_k(self.regions, query, k, allowed)
         return [Hit(i + 1, self.slide_names[self.slide_of[r]], int(self.region_of[r]), float(s),
                     tuple(float(v) for v in self.meta["centroid"][r]), tuple(int(v) for v in self.meta["bbox"][r]),
                     int(self.meta["n_patches"][r]), str(self.meta["predicted"][r]))
