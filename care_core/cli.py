@@ -208,9 +208,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    from care_core.search import build_index
+    from care_core.search import build_index, remove_slides
 
-    index = build_index(args.inputs, args.out, model=args.model, progress=lambda slide, what: print(f"{slide}: {what}"))
+    def progress(slide, what):
+        print(f"{slide}: {what}")
+
+    if not args.inputs and not args.remove:
+        raise SystemExit("care index: error: give encodings or feature files to add, or --remove SLIDE")
+    if args.remove:
+        index = remove_slides(args.out, args.remove, progress=progress)
+    if args.inputs:
+        index = build_index(args.inputs, args.out, model=args.model, progress=progress)
     n = sum(s["n_regions"] for s in index["slides"].values())
     print(f"index {args.out}: {len(index['slides'])} slides, {n} regions, {index['embed_dim']}-d, "
           f"CARE model {index['model_sha256'][:12]}, encoder {index['encoder'] or 'unknown'}")
@@ -466,9 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("index", help="a region index of a cohort's CARE region and slide embeddings, for care search")
-    p.add_argument("inputs", type=Path, nargs="+",
+    p.add_argument("inputs", type=Path, nargs="*",
                    help="encodings (<slide>_encoding.npz), feature files (.h5, encoded first) or folders of them")
     p.add_argument("--out", type=Path, required=True, help="index folder (created; slides are added or replaced)")
+    p.add_argument("--remove", nargs="+", default=[], metavar="SLIDE", help="remove these slides (names in the index) first")
     p.add_argument("--model", type=Path, default=None,
                    help="CARE checkpoint for feature files (default: the shipped demo checkpoint)")
     p.set_defaults(func=_cmd_index)

@@ -282,3 +282,32 @@ def test_the_approximate_index_holds_the_only_copy_is_saved_and_follows_the_slid
     assert len(grown) == 2410 and grown._approx.ivf.ntotal == 2410
     assert [p.name for p in (tmp_path / "index").glob("approx-*.faiss")] != saved  # replaced, not added
     assert len(list((tmp_path / "index").glob("approx-*.faiss"))) == 1
+
+
+def test_removing_slides_drops_their_shards_and_a_wrong_name_changes_nothing(tmp_path, capsys):
+    from test_encode import SMALL, write_features
+
+    from care_core.model import CARE, save_checkpoint
+
+    feats = tmp_path / "features"
+    feats.mkdir()
+    for i, name in enumerate("pqr"):
+        write_features(feats, name, 11 + i, i)
+    ckpt = save_checkpoint(CARE.from_seed(0, **SMALL).eval(), tmp_path / "care", encoder="stain-texture",
+                           feature_mpp=0.5, patch_px=512)
+    index = tmp_path / "index"
+    assert main(["index", str(feats), "--out", str(index), "--model", str(ckpt)]) == 0
+    capsys.readouterr()
+    before = sorted(str(p.relative_to(index)) for p in index.rglob("*") if p.is_file())
+    assert main(["index", "--out", str(index), "--remove", "q", "zz"]) == 2
+    assert capsys.readouterr().err.startswith("care index: error: 'zz': not in index ")
+    assert sorted(str(p.relative_to(index)) for p in index.rglob("*") if p.is_file()) == before
+    assert main(["index", "--out", str(index), "--remove", "q"]) == 0
+    assert "q: removed" in capsys.readouterr().out
+    after = sorted(str(p.relative_to(index)) for p in index.rglob("*") if p.is_file())
+    assert sorted(set(before) - set(after)) == ["encodings/q_encoding.npz", "encodings/q_regions.csv",
+                                                "encodings/q_regions.geojson", "encodings/q_roi.npy",
+                                                "encodings/q_slide.npy", "q.npz"]
+    assert RegionIndex(index).slide_names == ["p", "r"]
+    with pytest.raises(SystemExit, match="give encodings or feature files to add, or --remove SLIDE"):
+        main(["index", "--out", str(index)])

@@ -7,7 +7,7 @@ A build adds or replaces one shard at a time, each written atomically and then r
 (also atomic), under the folder's lock: a build stopped anywhere leaves an index of the slides it finished.
 """
 
-from care_core.search.index import INDEX_JSON, build_index
+from care_core.search.index import INDEX_JSON, build_index, remove_slides
 from care_core.search.query import Hit, RegionIndex, search_index, top_k, write_hits
 
-__all__ = ["build_index", "RegionIndex", "Hit", "search_index", "write_hits", "top_k", "INDEX_JSON"]
+__all__ = ["build_index", "remove_slides", "RegionIndex", "Hit", "search_index", "write_hits", "top_k", "INDEX_JSON"]

@@ -13,7 +13,7 @@ import numpy as np
 
 from care_core.errors import InvalidInputError
 
-__all__ = ["build_index", "read_index_json", "check_same_model", "model_of", "slide_name", "region_geometry", "predicted_classes",
+__all__ = ["build_index", "remove_slides", "read_index_json", "check_same_model", "model_of", "slide_name", "region_geometry", "predicted_classes",
            "INDEX_JSON"]
 
 INDEX_JSON = "index.json"
@@ -195,6 +195,39 @@ def build_index(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *, 
             progress and progress(name, "replaced" if old else "added")
         if not (folder / INDEX_JSON).exists():
             _save_index_json(folder, index)
+        _save_approximate(folder, index, progress)
+    return index
+
+
+def remove_slides(folder: str | os.PathLike, slides: Sequence[str],
+                  progress: Callable[[str, str], None] | None = None) -> dict:
+    """Remove ``slides`` (names in the index) from the region index ``folder``: ``index.json`` first (atomic), then
+    their shards and the encodings the index made of them; returns the new ``index.json`` content. A name not in
+    the index is refused (InvalidInputError) before anything changes."""
+    from care_core._atomic import folder_lock, remove_stale_temps
+    from care_core.encode import OUTPUT_SUFFIXES
+
+    folder = Path(folder)
+    index = read_index_json(folder)
+    unknown = [s for s in slides if s not in index["slides"]]
+    if unknown:
+        held = sorted(index["slides"])
+        shown = ", ".join(held[:5]) + (" …" if len(held) > 5 else "")
+        raise InvalidInputError(f"{', '.join(map(repr, unknown))}: not in index {folder} (it holds {shown or 'none'})")
+    with folder_lock(folder, what="care index"):
+        remove_stale_temps(folder)
+        index = read_index_json(folder)  # as it is now, under the lock
+        gone = {s: index["slides"].pop(s) for s in dict.fromkeys(slides) if s in index["slides"]}
+        _save_index_json(folder, index)
+        for name, entry in gone.items():
+            (folder / entry["shard"]).unlink(missing_ok=True)
+            source = Path(entry["source"])
+            if source.resolve().parent == (folder / "encodings").resolve():  # made by this index from a feature file
+                for suffix in OUTPUT_SUFFIXES:
+                    (source.parent / f"{name}{suffix}").unlink(missing_ok=True)
+            progress and progress(name, "removed")
+        for old in folder.glob("approx-*.faiss"):
+            old.unlink()
         _save_approximate(folder, index, progress)
     return index
 
