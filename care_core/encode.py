@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from care_core.errors import CareError, CheckpointError, FeatureFileError, MissingWeightsError, OutputError
+from care_core.model.checkpoint import model_sha256
 
 __all__ = ["encode_paths", "iter_encode_paths", "feature_files", "resolve_model", "model_sha256", "EncodeResult",
            "OUTPUT_SUFFIXES"]
@@ -108,22 +109,6 @@ def _write_slide(enc, stem: str, out_dir: Path) -> list[Path]:
         write_geojson(enc, tmps[3], name=stem)
         enc.save_npz(tmps[4])
     return paths
-
-
-def model_sha256(care) -> str:
-    """Identity of a CARE: its checkpoint's sha256 (config and tensors), else a sha256 over its config and
-    weights (an untrained or in-memory model)."""
-    import hashlib
-    import json
-
-    meta = getattr(care, "checkpoint_meta", None)
-    if meta is not None and meta.sha256:
-        return meta.sha256
-    h = hashlib.sha256(json.dumps(care.config.to_dict(), sort_keys=True).encode())
-    for name, tensor in sorted(care.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _file_sha256(path: Path) -> str:

@@ -130,10 +130,9 @@ def iter_slide_pipeline(
     """
     from care_core.errors import InvalidInputError
     from care_core.features import PatchFeatures, get_encoder, get_encoder_spec, iter_extract, load_features
-    from care_core.evaluate.cohort import model_sha256
     from care_core.features.registry import resolve_device
     from care_core.model import untrained_care
-    from care_core.model.checkpoint import check_features, load_checkpoint
+    from care_core.model.checkpoint import check_features, load_checkpoint, model_sha256
     from care_core.model.encoding import SlideEncoding
     from care_core.wsi import detect_tissue, open_slide, patch_grid
 

@@ -152,6 +152,8 @@ def test_cli_index_and_search_from_feature_files(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "slide_a: added\nslide_b: added\n" in out and "index " in out and "2 slides" in out
     assert (tmp_path / "index" / "encodings" / "slide_a_encoding.npz").is_file()
+    tensors = json.loads(ckpt.with_suffix(".json").read_text())["tensors_sha256"]
+    assert json.loads((tmp_path / "index" / "index.json").read_text())["model_sha256"] == tensors  # heads' rule
     assert main(["search", str(tmp_path / "index"), "--slide", "slide_a", "--region", "0", "-k", "3",
                  "--other-slides", "--out", str(tmp_path / "hits.csv")]) == 0
     out = capsys.readouterr().out

@@ -6,7 +6,6 @@ patch features (the mean-pooling baseline); the patch features themselves are re
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -16,25 +15,10 @@ import numpy as np
 
 from care_core.errors import InvalidInputError
 from care_core.evaluate.labels import LabelTable
+from care_core.model.checkpoint import model_sha256
 from care_core.model.encoding import SlideEncoding
 
 __all__ = ["Cohort", "model_sha256", "match_features", "iter_load_cohort"]
-
-
-def model_sha256(care) -> str:
-    """Identity of a CARE model: its checkpoint's tensor sha256, or for an in-memory (e.g. untrained) model
-    the sha256 of its weights (names, shapes and bytes in name order)."""
-    import torch
-
-    meta = getattr(care, "checkpoint_meta", None)
-    if meta is not None and meta.tensors_sha256:
-        return meta.tensors_sha256
-    h = hashlib.sha256()
-    for name, tensor in sorted(care.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 @dataclass

@@ -41,10 +41,9 @@ def iter_predict(inputs: Sequence[str | os.PathLike], model, heads: Sequence[str
     ``check_feature_files``) and every head against the model and that encoder. model: a CARE or a checkpoint path.
     """
     from care_core.encode import _write_slide, feature_files, resolve_model
-    from care_core.evaluate.cohort import model_sha256
     from care_core.evaluate.inputs import check_feature_files
     from care_core.features import load_features
-    from care_core.model.checkpoint import check_features
+    from care_core.model.checkpoint import check_features, model_sha256
 
     files = feature_files(inputs, allow_pickle=allow_pickle)
     loaded = [h if isinstance(h, Head) else load_head(h) for h in heads]

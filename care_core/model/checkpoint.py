@@ -20,7 +20,8 @@ from care_core._atomic import atomic_path
 from care_core.errors import CheckpointError
 from care_core.model.pair import check_finite, check_meta, check_tensors, pair_paths, seal
 
-__all__ = ["CheckpointMeta", "save_checkpoint", "load_checkpoint", "read_checkpoint_meta", "check_features", "DEMO_CHECKPOINT"]
+__all__ = ["CheckpointMeta", "save_checkpoint", "load_checkpoint", "read_checkpoint_meta", "check_features", "DEMO_CHECKPOINT",
+           "model_sha256"]
 
 FORMAT = "care-checkpoint/2"
 _OLD_FORMATS = ("care-checkpoint/1",)  # tensors hashed, config not: loaded with a warning
@@ -203,3 +204,22 @@ def check_features(meta: CheckpointMeta, features) -> None:
     check_compatible(
         features, dim=meta.input_dim, encoder=meta.encoder or None, mpp=meta.feature_mpp, patch_px=meta.patch_px
     )
+
+
+def model_sha256(care) -> str:
+    """Identity of a CARE model, the one heads, encodings and region indexes record: its checkpoint's tensor
+    sha256, or for an in-memory (e.g. untrained) model the sha256 of its weights (names, shapes and bytes in
+    name order)."""
+    import hashlib
+
+    import torch
+
+    meta = getattr(care, "checkpoint_meta", None)
+    if meta is not None and meta.tensors_sha256:
+        return meta.tensors_sha256
+    h = hashlib.sha256()
+    for name, tensor in sorted(care.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
