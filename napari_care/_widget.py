@@ -432,8 +432,12 @@ class CareWidget(QWidget):
         if self.result is not None:
             self.select_region(int(self.result.encoding.roi), center=True)
 
+    def _showing_result(self) -> bool:
+        """A result exists and its slide is on screen (not hidden behind another slide gone to from Similar)."""
+        return self.result is not None and self.view.slide.visible
+
     def _on_mouse_press(self, _viewer, event):
-        if event.button != 1 or self.result is None:
+        if event.button != 1 or not self._showing_result():
             return
         start = tuple(event.position)
         yield
@@ -445,7 +449,7 @@ class CareWidget(QWidget):
             self.select_region(self.region_at(event.position))
 
     def _on_mouse_move(self, _viewer, event) -> None:
-        if self.result is not None:
+        if self._showing_result():
             self.inspector.show_hover(self.region_at(event.position))
 
     # --- find similar ------------------------------------------------------------------------------------
@@ -503,6 +507,7 @@ class CareWidget(QWidget):
         self._similar_outline(layer, [] if item.geometry is None else polygon_outlines(item.geometry, s))
         x0, y0, x1, y1 = hit.bbox
         fit_box(self.viewer, (y0 * s, x0 * s, y1 * s, x1 * s))
+        self.viewer.layers.selection.active = layer
 
     def _similar_outline(self, slide: Image, rings: list) -> None:
         """The yellow outline of the answer gone to, in one Shapes layer kept for it (created at first use)."""

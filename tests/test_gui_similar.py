@@ -15,6 +15,7 @@ from care_core.search.thumbs import OUTLINE_RGB
 from napari_care._gallery import INDEX
 from napari_care._view import camera, zoom_of
 from napari_care._widget import CareWidget
+from test_gui_inspector import _click
 
 pytestmark = pytest.mark.filterwarnings("ignore:grid patches are 128 px")
 
@@ -100,6 +101,9 @@ def test_find_similar_in_an_index_opens_the_answer_s_slide_at_the_region(qtbot, 
     np.testing.assert_allclose(corners.max(0), np.array([y1, x1]) * mpp - 0.5 * mpp)
     np.testing.assert_allclose(camera(viewer).center[-2:], [(y0 + y1) / 2 * mpp, (x0 + x1) / 2 * mpp])
     assert outline.edge_width[0] == pytest.approx(3.0 / zoom_of(viewer))  # 3 screen px
+    selected = widget.inspector.selected
+    _click(viewer, camera(viewer).center[-2:])  # a click on the other slide selects none of the first one's regions
+    assert widget.inspector.selected == selected and viewer.layers.selection.active.name == "twin"
 
     back = next(i for i, item in enumerate(items) if item.hit.slide == "small")  # an answer in the analysed slide
     widget.similar.gallery.itemClicked.emit(widget.similar.gallery.item(back))
