@@ -313,3 +313,27 @@ def test_removing_slides_drops_their_shards_and_a_wrong_name_changes_nothing(tmp
     assert RegionIndex(index).slide_names == ["p", "r"]
     with pytest.raises(SystemExit, match="give encodings or feature files to add, or --remove SLIDE"):
         main(["index", "--out", str(index)])
+
+
+def test_a_build_on_a_dask_cluster_gives_the_shards_of_an_in_process_build(tmp_path):
+    from test_encode import SMALL, write_features
+
+    from care_core.model import CARE, save_checkpoint
+
+    feats = tmp_path / "features"
+    feats.mkdir()
+    for i, name in enumerate(("u", "v", "w")):
+        write_features(feats, name, 11 + i, i)
+    care = CARE.from_seed(0, **SMALL).eval()
+    ckpt = save_checkpoint(care, tmp_path / "care", encoder="stain-texture", feature_mpp=0.5, patch_px=512)
+    here = build_index([feats], tmp_path / "here", model=ckpt)
+    assert main(["index", str(feats), "--out", str(tmp_path / "there"), "--model", str(ckpt), "--workers", "2"]) == 0
+    there = json.loads((tmp_path / "there" / "index.json").read_text())
+    assert sorted(there["slides"]) == ["u", "v", "w"] and there["model_sha256"] == here["model_sha256"]
+    for name in ("u", "v", "w"):
+        with np.load(tmp_path / "here" / f"{name}.npz") as a, np.load(tmp_path / "there" / f"{name}.npz") as b:
+            assert sorted(a.files) == sorted(b.files)
+            for key in a.files:
+                np.testing.assert_array_equal(a[key], b[key])
+    with pytest.raises(InvalidInputError, match="a build on a cluster takes the CARE model as a checkpoint path"):
+        build_index([feats], tmp_path / "other", model=care, n_workers=2)

@@ -343,8 +343,44 @@ def _write_summary_csv(rows: dict[int, CohortRow], path: Path) -> None:
 def _run_tasks(todo, cfg: dict, scheduler: str | None, n_workers: int, mpp_override, progress,
                rows: dict[int, CohortRow]) -> None:
     """Run `todo` on a cluster, adding each slide's row to `rows` as it finishes (kept when interrupted)."""
+    from distributed import as_completed
+
+    with dask_client(scheduler, n_workers) as client:
+        futures = {
+            client.submit(_extract_slide, str(e.path), str(out), _mpp(e, mpp_override), cfg, why,
+                          key=f"care-extract-{out.stem}-{os.getpid()}-{time.time_ns()}", pure=False): (i, e)
+            for i, e, out, why in todo
+        }
+        full = None
+        for future in as_completed(futures):
+            i, e = futures[future]
+            try:
+                row = CohortRow(**future.result())
+            except Exception as exc:  # the worker process itself died
+                row = CohortRow(str(e.path), "failed", 0, 0.0,
+                                f"worker process died on this slide ({type(exc).__name__}): out of memory or a "
+                                "crash in a native library; run it alone to see")
+            rows[i] = row
+            if full is None and _disk_full(row):  # every later slide would fail the same way
+                full = row
+                for other in futures:
+                    other.cancel()
+            if progress is not None:
+                progress(row)
+        if full is not None:
+            for i, e in futures.values():
+                if i not in rows or rows[i].error.startswith("worker process died"):
+                    rows[i] = CohortRow(str(e.path), "failed", 0, 0.0,
+                                        f"not run: the output disk is full (see {Path(full.slide).name})")
+
+
+@contextmanager
+def dask_client(scheduler: str | None, n_workers: int):
+    """A dask Client of the running scheduler at ``scheduler`` (tcp://host:port), or of a local cluster of
+    ``n_workers`` single-threaded worker processes started (quietly) for the block and closed after it. A task
+    that kills its worker is not retried (allowed-failures 0): the slide is reported, not run again."""
     import dask
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, LocalCluster
 
     cluster = None
     if scheduler is None:
@@ -353,32 +389,7 @@ def _run_tasks(todo, cfg: dict, scheduler: str | None, n_workers: int, mpp_overr
                                    silence_logs=logging.ERROR)
     try:
         with Client(cluster if cluster is not None else scheduler) as client:
-            futures = {
-                client.submit(_extract_slide, str(e.path), str(out), _mpp(e, mpp_override), cfg, why,
-                              key=f"care-extract-{out.stem}-{os.getpid()}-{time.time_ns()}", pure=False): (i, e)
-                for i, e, out, why in todo
-            }
-            full = None
-            for future in as_completed(futures):
-                i, e = futures[future]
-                try:
-                    row = CohortRow(**future.result())
-                except Exception as exc:  # the worker process itself died
-                    row = CohortRow(str(e.path), "failed", 0, 0.0,
-                                    f"worker process died on this slide ({type(exc).__name__}): out of memory or a "
-                                    "crash in a native library; run it alone to see")
-                rows[i] = row
-                if full is None and _disk_full(row):  # every later slide would fail the same way
-                    full = row
-                    for other in futures:
-                        other.cancel()
-                if progress is not None:
-                    progress(row)
-            if full is not None:
-                for i, e in futures.values():
-                    if i not in rows or rows[i].error.startswith("worker process died"):
-                        rows[i] = CohortRow(str(e.path), "failed", 0, 0.0,
-                                            f"not run: the output disk is full (see {Path(full.slide).name})")
+            yield client
     finally:
         if cluster is not None:
             cluster.close()

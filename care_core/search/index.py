@@ -4,8 +4,10 @@ slides it finished)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -131,22 +133,67 @@ def _save_index_json(folder: Path, index: dict) -> None:
         tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
 
 
-def _encode_features(features: list[Path], model, out: Path) -> list[Path]:
-    """Encode feature files into ``out``/encodings (slides already encoded with this model are skipped)."""
+def _encode_features(features: list[Path], model, out: Path, scheduler: str | None = None,
+                     n_workers: int = 0) -> list[Path]:
+    """Encode feature files into ``out``/encodings (slides already encoded with this model are skipped): in this
+    process, or as one dask task per file on ``scheduler`` or a local cluster of ``n_workers`` (>= 2)."""
     from care_core.encode import iter_encode_paths
 
     folder = out / "encodings"
-    list(iter_encode_paths(features, model, folder, resume=True))
+    if scheduler is None and n_workers < 2:
+        list(iter_encode_paths(features, model, folder, resume=True))
+    else:
+        _encode_on_cluster(features, model, folder, scheduler, n_workers)
     return [folder / f"{p.stem}{_SUFFIX}" for p in features if (folder / f"{p.stem}{_SUFFIX}").is_file()]
 
 
+def _encode_on_cluster(features: list[Path], model, folder: Path, scheduler: str | None, n_workers: int) -> None:
+    """``care encode`` of ``features`` into ``folder`` as dask tasks (as ``care extract`` runs slides), each
+    worker loading the checkpoint once; the first bad file raises its error here."""
+    from distributed import as_completed
+
+    from care_core._atomic import check_output_dir, folder_lock, remove_stale_temps
+    from care_core.encode import resolve_model
+    from care_core.features.cohort import dask_client
+    from care_core.model.checkpoint import DEMO_CHECKPOINT, model_sha256
+
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        raise InvalidInputError("a build on a cluster takes the CARE model as a checkpoint path (each worker loads it)")
+    checkpoint = str(model if model is not None else DEMO_CHECKPOINT)
+    model_id = model_sha256(resolve_model(checkpoint))  # a bad checkpoint fails here, before the cluster starts
+    folder = check_output_dir(folder)
+    with folder_lock(folder, what="care encode"), dask_client(scheduler, n_workers) as client:
+        remove_stale_temps(folder)
+        futures = [client.submit(_encode_task, str(p), checkpoint, str(folder), model_id, pure=False,
+                                 key=f"care-index-{p.stem}-{os.getpid()}-{time.time_ns()}") for p in features]
+        for future in as_completed(futures):
+            future.result()
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_model(checkpoint: str):
+    from care_core.encode import resolve_model
+
+    return resolve_model(checkpoint)
+
+
+def _encode_task(path: str, checkpoint: str, out: str, model_id: str) -> str:
+    """One feature file encoded in a dask worker (skipped when its outputs are up to date); returns a note."""
+    from care_core.encode import _encode_one
+
+    care = _worker_model(checkpoint)
+    return _encode_one(care, getattr(care, "checkpoint_meta", None), Path(path), Path(out), False, model_id)[1]
+
+
 def build_index(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *, model=None,
-                progress: Callable[[str, str], None] | None = None) -> dict:
+                progress: Callable[[str, str], None] | None = None, scheduler: str | None = None,
+                n_workers: int = 0) -> dict:
     """Add the slides of ``inputs`` (``<slide>_encoding.npz`` files, feature .h5 files, or folders of them) to the
     region index ``out`` (created when new); returns its ``index.json`` content.
 
     Feature files are first encoded with ``model`` (a checkpoint path or CARE; None: the demo checkpoint) into
-    ``out``/encodings. A slide whose source encoding is unchanged (same sha256) is skipped, a changed one
+    ``out``/encodings: in this process, or as one dask task per file on the dask ``scheduler`` (tcp://host:port)
+    or a local cluster of ``n_workers`` processes (>= 2; then ``model`` must be a path). A slide whose source encoding is unchanged (same sha256) is skipped, a changed one
     replaces its shard, the others are untouched. Every encoding must come from the index's CARE model and
     patch encoder (InvalidInputError otherwise, before anything is written). progress(slide, "added" |
     "replaced" | "unchanged") after each slide.
@@ -160,7 +207,7 @@ def build_index(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *, 
     with folder_lock(folder, what="care index"):
         remove_stale_temps(folder)
         if features:
-            encodings += _encode_features(features, model, folder)
+            encodings += _encode_features(features, model, folder, scheduler, n_workers)
         names = [slide_name(p) for p in encodings]
         clash = sorted({n for n in names if names.count(n) > 1})
         if clash:
