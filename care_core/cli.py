@@ -270,7 +270,9 @@ def _show_training(args: argparse.Namespace, run_dir: Path) -> None:
     from care_core.train.trainer import train
 
     bar = None
-    for ev in train(args.config, run_dir, stage=args.stage, resume=args.resume is not None):
+    steps = getattr(args, "profile_steps", None)
+    overrides = {"profile_steps": steps} if steps is not None else None
+    for ev in train(args.config, run_dir, stage=args.stage, resume=args.resume is not None, overrides=overrides):
         if args.events_json:  # after a closed pipe training goes on: metrics.jsonl keeps the record
             _print_event(ev)
         elif ev.kind == "start":
@@ -508,6 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=COUNT, default=None,
                    help="CPU threads of torch (default: one per core; 1 is often faster on a busy machine)")
     p.add_argument("--events-json", action="store_true", help="print each progress event as one JSON line instead of the bar")
+    p.add_argument("--profile-steps", type=COUNT, default=None, metavar="N",
+                   help="record N steps with torch.profiler into RUN_DIR/profile/ (trace.json, top.txt, summary.json)")
     p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser("finetune", help="fine-tune CARE + a head on slide labels (the paper's protocol), one fold")

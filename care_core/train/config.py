@@ -41,6 +41,12 @@ class _Common:
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
     model: dict = field(default_factory=dict)  # CARE config overrides (input_dim comes from the features)
     init: str = ""  # CARE checkpoint to start from ('' = random init with `seed`)
+    sync_every: int = 1  # steps between reads of the loss on the host (the non-finite check); > 1 lets a GPU run
+    # ahead of the host, and a non-finite loss is still caught before any checkpoint is written
+    profile_steps: int = 0  # record this many steps with torch.profiler into <run>/profile/ (0 = off)
+    bucket_shapes: bool = False  # pad CARE's transformer chunks to a few static shapes (for compile / CUDA graphs)
+    compile: str = ""  # torch.compile CARE's transformers: '' (eager) | default | reduce-overhead | max-autotune |
+    # max-autotune-no-cudagraphs | aot_eager (traced, no code generated: a check of the compiled path)
 
     def check(self) -> None:
         """Refuse, with one line naming the key and its value, anything that would fail or mislead mid-run."""
@@ -57,6 +63,12 @@ class _Common:
             raise TrainingConfigError("num_workers and clip_grad must be >= 0")
         if self.optimizer not in ("adamw", "adam"):
             raise TrainingConfigError(f"optimizer={self.optimizer!r} must be 'adamw' or 'adam'")
+        _at_least(self, 1, "sync_every")
+        _at_least(self, 0, "profile_steps")
+        from care_core.train.static_shapes import COMPILE_MODES
+
+        if self.compile not in COMPILE_MODES:
+            raise TrainingConfigError(f"compile={self.compile!r} must be one of {', '.join(map(repr, COMPILE_MODES))}")
 
 
 @dataclass

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,6 +60,27 @@ def _all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(x)
         x /= dist.get_world_size()
     return x
+
+
+def _masked_rows(batch: list, n_g: int, n_v: int):
+    """int64 numpy (student rows, teacher rows, owner view) of the masked patches of the global views: rows of the
+    packed patch tokens (student: every view, sample-major; teacher: the global views), owners numbered 0.. over
+    the global views with a masked patch."""
+    s_len = np.array([len(f) for v in batch for f in v.features])
+    s_off = np.concatenate([[0], np.cumsum(s_len)])
+    t_off = np.concatenate([[0], np.cumsum(s_len.reshape(len(batch), n_v)[:, :n_g].ravel())])
+    s_rows, t_rows, owners = [], [], []
+    for bi, views in enumerate(batch):
+        for i in range(n_g):
+            where = np.flatnonzero(views.masks[i])
+            if not len(where):
+                continue
+            s_rows.append(s_off[bi * n_v + i] + where)
+            t_rows.append(t_off[bi * n_g + i] + where)
+            owners.append(np.full(len(where), len(owners)))
+    if not owners:
+        return (np.zeros(0, np.int64),) * 3
+    return tuple(np.concatenate(a).astype(np.int64) for a in (s_rows, t_rows, owners))
 
 
 class IBOTObjective(nn.Module):
@@ -120,25 +142,17 @@ class IBOTObjective(nn.Module):
         pairs = [(i, v) for i in range(n_g) for v in range(n_v) if v != i]
         loss_cls = torch.stack([_soft_ce(t_probs[:, i], s_logits[:, v], cfg.student_temp).mean() for i, v in pairs]).mean()
 
-        # masked-token loss: student patch tokens of the global views at their masked positions
-        s_off = s_out.patch_offsets.tolist()
-        t_off = t_out.patch_offsets.tolist()
-        s_patch_rows, t_patch_rows, owners = [], [], []
-        for bi, views in enumerate(batch):
-            for i in range(n_g):
-                m = torch.from_numpy(views.masks[i]).to(dev)
-                if not m.any():
-                    continue
-                s_slot, t_slot = bi * n_v + i, bi * n_g + i
-                s_patch_rows.append(torch.arange(s_off[s_slot], s_off[s_slot + 1], device=dev)[m])
-                t_patch_rows.append(torch.arange(t_off[t_slot], t_off[t_slot + 1], device=dev)[m])
-                owners.append(torch.full((int(m.sum()),), len(owners), device=dev))
+        # masked-token loss: student patch tokens of the global views at their masked positions; the rows are
+        # found in numpy from the views' masks and offsets (one copy to the device, no host sync per view)
+        s_rows, t_rows, owner = _masked_rows(batch, n_g, n_v)
+        s_patch_rows = len(owner) > 0
         if s_patch_rows:
-            s_rows, t_rows, owner = torch.cat(s_patch_rows), torch.cat(t_patch_rows), torch.cat(owners)
+            n_owners = int(owner[-1]) + 1
+            s_rows, t_rows, owner = (torch.from_numpy(a).to(dev, non_blocking=True) for a in (s_rows, t_rows, owner))
             s_patch_logits = self.student["patch_head"](s_out.patch_tokens[s_rows])
             per_patch = _soft_ce(t_patch_probs[t_rows], s_patch_logits, cfg.student_temp)
-            counts = torch.bincount(owner, minlength=len(owners)).float()
-            per_view = torch.zeros(len(owners), device=dev).index_add(0, owner, per_patch) / counts
+            counts = torch.bincount(owner, minlength=n_owners).float()
+            per_view = torch.zeros(n_owners, device=dev).index_add(0, owner, per_patch) / counts
             # average over all global views (unmasked views contribute 0), as iBOT does per image
             loss_mim = per_view.sum() / (b * n_g)
         else:
@@ -153,23 +167,25 @@ class IBOTObjective(nn.Module):
             self.patch_center.mul_(m).add_(_all_reduce_mean(t_patch_logits.mean(0)), alpha=1 - m)
             entropy = -(t_probs * torch.log(t_probs.clamp_min(1e-12))).sum(-1).mean()
             z = F.normalize(s_out.slide_embedding.float(), dim=-1)
-            logs = {
-                "loss": float(loss.detach()),
-                "loss_cls": float(loss_cls.detach()),
-                "loss_mim": float(loss_mim.detach()),
-                "loss_rsl": float(loss_rsl.detach()),
-                "rsl_E": float(torch.nanmean(s_out.rsl.detach())),
-                "teacher_entropy": float(entropy),  # collapse to one prototype -> 0
+            logs = {  # tensors: the trainer reads them (a host sync) only on the steps it logs
+                "loss": loss.detach(),
+                "loss_cls": loss_cls.detach(),
+                "loss_mim": loss_mim.detach(),
+                "loss_rsl": loss_rsl.detach(),
+                "rsl_E": torch.nanmean(s_out.rsl.detach()),
+                "teacher_entropy": entropy,  # collapse to one prototype -> 0
                 "teacher_entropy_max": math.log(t_probs.shape[-1]),  # uniform (all-centre collapse) -> this
-                "embedding_std": float(z.std(0).mean()) if len(z) > 1 else 0.0,  # collapse -> 0
-                "regions_per_view": float(len(s_out.region_size)) / len(s_off[:-1]),
+                "embedding_std": z.std(0).mean() if len(z) > 1 else 0.0,  # collapse -> 0
+                "regions_per_view": float(len(s_out.region_size)) / (len(batch) * n_v),
             }
         return loss, logs
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
         """teacher <- momentum * teacher + (1 - momentum) * student (parameters; buffers copied)."""
-        for t, s in zip(self.teacher.parameters(), self.student.parameters()):
-            t.mul_(momentum).add_(s.detach(), alpha=1 - momentum)
-        for t, s in zip(self.teacher.buffers(), self.student.buffers()):
-            t.copy_(s)
+        teacher, student = list(self.teacher.parameters()), [s.detach() for s in self.student.parameters()]
+        torch._foreach_mul_(teacher, momentum)  # the same arithmetic as a loop of mul_ / add_, in a few kernels
+        torch._foreach_add_(teacher, student, alpha=1 - momentum)
+        buffers = list(self.teacher.buffers())
+        if buffers:
+            torch._foreach_copy_(buffers, list(self.student.buffers()))

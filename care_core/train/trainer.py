@@ -23,6 +23,7 @@ graph changes with each batch, e.g. the mask token is unused when no patch is ma
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -30,7 +31,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,14 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 # ----------------------------------------------------------------------------------------------- processes
+def _fuse_on_cuda(opt, device) -> None:
+    """Adam(W) in one fused kernel per step on CUDA; on the CPU the default kernels (a CPU run and its resume stay
+    bit-identical to what they were)."""
+    for group in opt.param_groups:
+        group["fused"] = True if device.type == "cuda" else None
+        group["foreach"] = None
+
+
 def _dist():
     """(rank, world) of the torchrun process group, initialising it from the environment when needed."""
     import torch.distributed as dist
@@ -124,16 +133,47 @@ def _all_reduce_grads(params: list, world: int) -> None:
         a += n
 
 
-def _any_nonfinite(x: float, world: int) -> bool:
-    bad = not math.isfinite(x)
-    if world == 1:
-        return bad
-    import torch
-    import torch.distributed as dist
+class _FiniteWatch:
+    """The first step whose loss was not finite, noted on the loss's device each step and read on the host (a
+    synchronisation, and an all-reduce over processes) only in ``check``: every ``sync_every`` steps and before
+    anything is written from the weights."""
 
-    flag = torch.tensor([float(bad)])
-    dist.all_reduce(flag)
-    return bool(flag.item())
+    def __init__(self, world: int) -> None:
+        self.world, self.first, self.value = world, None, None
+
+    def note(self, step: int, loss) -> None:
+        import torch
+
+        loss = loss.detach().float().reshape(1)
+        if self.first is None:
+            self.first, self.value = torch.full_like(loss, -1, dtype=torch.int64), loss.clone()
+        new = (self.first < 0) & ~torch.isfinite(loss)
+        self.first = torch.where(new, step, self.first)
+        self.value = torch.where(new, loss, self.value)
+
+    def check(self, run_dir: Path) -> None:
+        """A TrainingError naming the first non-finite step of any process since the run (re)started."""
+        if self.first is None:
+            return
+        first = self.first
+        if self.world > 1:
+            import torch
+            import torch.distributed as dist
+
+            big = torch.iinfo(torch.int64).max
+            first = torch.where(first < 0, big, first)
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)  # every process stops at the same check
+            first = torch.where(first == big, -1, first)
+        step = int(first)
+        if step < 0:
+            return
+        value = float(self.value) if int(self.first) == step else float("nan")  # nan: another process's loss
+        last = latest_checkpoint(run_dir)
+        raise TrainingError(
+            f"step {step}: the loss is {value} (not finite); the run stopped and "
+            f"{'its last good checkpoint ' + str(last) + ' is intact' if last else 'no checkpoint was written yet'}; "
+            "lower lr or check the features for extreme values"
+        )
 
 
 # ----------------------------------------------------------------------------------------------- data order
@@ -254,7 +294,7 @@ def _config_record(cfg, stage: str) -> dict:
 # where the data and the machine are, not what is trained: a run may be resumed elsewhere (a job started in the
 # napari window continued on a cluster) with these changed; the others must equal the run's own config
 RELOCATABLE = ("labels", "features", "splits", "init", "index", "table", "rna", "protein", "genes", "gene_vectors",
-               "protein_vectors", "device", "num_workers")
+               "protein_vectors", "device", "num_workers", "sync_every", "profile_steps", "bucket_shapes", "compile")
 
 
 def read_run_record(run_dir: Path) -> dict:
@@ -335,7 +375,8 @@ def resolve_config(config, run_dir: str | Path, *, stage: str | None = None, res
 
 
 # ----------------------------------------------------------------------------------------------- the loop
-def train(config, run_dir: str | Path, *, stage: str | None = None, resume: bool = False) -> Iterator[TrainEvent]:
+def train(config, run_dir: str | Path, *, stage: str | None = None, resume: bool = False,
+          overrides: dict | None = None) -> Iterator[TrainEvent]:
     """Run (or resume) a training job in ``run_dir``; yields ``TrainEvent``s and returns the final CARE checkpoint path.
 
     config: a config object (its type gives the stage), a dict of config keys or a config file path (with
@@ -343,11 +384,17 @@ def train(config, run_dir: str | Path, *, stage: str | None = None, resume: bool
     config); see `resolve_config`. Everything that can be wrong with the config, the data or the run folder is a
     TrainingConfigError before the first step; a NaN/Inf loss stops with a TrainingError and leaves the last good
     checkpoint in place. A run that finished (or stopped early) is done: resuming it only writes the outputs it lacks.
+    overrides: config keys replaced after the config is read (``care pretrain --profile-steps N``).
     """
     from care_core._atomic import check_output_dir, folder_lock
 
     run_dir = Path(run_dir)
     stage, cfg = resolve_config(config, run_dir, stage=stage, resume=resume)
+    if overrides:
+        unknown = sorted(set(overrides) - {f.name for f in fields(cfg)})
+        if unknown:
+            raise TrainingConfigError(f"unknown config key(s) {unknown} to override")
+        cfg = replace(cfg, **overrides)
     cfg.check()
     rank, world = _dist()
     if cfg.batch_size % world:
@@ -384,6 +431,7 @@ def _train(cfg, run_dir: Path, stage: str, resume: bool, rank: int, world: int, 
     no_decay = [p for p in params if not (p.ndim >= 2 and p.numel() > p.shape[-1])]
     optim = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     opt = optim([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    _fuse_on_cuda(opt, device)
 
     start, finished = 0, False
     early = {"best": math.inf, "best_epoch": -1, "bad": 0, "metrics": {}}  # early stopping on val_loss
@@ -392,6 +440,7 @@ def _train(cfg, run_dir: Path, stage: str, resume: bool, rank: int, world: int, 
         _restore(ckpt, state, ("step", "objective", "optimizer", "torch_rng"), {"objective": objective, "optimizer": opt})
         early = json.loads(state.get("early", json.dumps(early)))
         finished = bool(state.get("finished", False))  # trained to the end or stopped early: nothing left to train
+        _fuse_on_cuda(opt, device)  # the checkpoint holds the choice of the machine that wrote it
         torch.set_rng_state(state["torch_rng"])
         if torch.cuda.is_available() and state.get("cuda_rng"):
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -410,9 +459,22 @@ def _train(cfg, run_dir: Path, stage: str, resume: bool, rank: int, world: int, 
     use_amp = device.type == "cuda" and cfg.amp
 
     saved = start  # the step of the newest checkpoint on disk
+    watch = _FiniteWatch(world)
+    from care_core.train.static_shapes import restore, speed_up
+
+    speed_up(objective, bucket_shapes=cfg.bucket_shapes, compile_mode=cfg.compile)
+    prof = None
+    if cfg.profile_steps and rank == 0 and not finished:
+        from care_core.train.profile import StepProfiler
+
+        prof = StepProfiler(run_dir, cfg.profile_steps, device.type == "cuda")
+
+    def phase(name: str):
+        return prof.phase(name) if prof is not None else contextlib.nullcontext()
 
     def checkpoint(step: int, finished: bool = False) -> Path:
         nonlocal saved
+        watch.check(run_dir)  # never a checkpoint of weights a non-finite loss has touched
         path = run_dir / "checkpoints" / f"step_{step:08d}.pt"
         if rank == 0:
             _save_state(path, {
@@ -432,7 +494,12 @@ def _train(cfg, run_dir: Path, stage: str, resume: bool, rank: int, world: int, 
     t0, done_at_t0 = time.perf_counter(), start
     objective.train()
     done = start
-    for step, batch in enumerate(_loader(setup, start, total, cfg, rank, world) if not finished else (), start=start):
+    batches = iter(_loader(setup, start, total, cfg, rank, world) if not finished else ())
+    for step in range(start, total):
+        with phase("data"):
+            batch = next(batches, None)
+        if batch is None:
+            break
         if STOP.is_set():  # a SIGTERM: keep what was trained since the last checkpoint, then stop
             if done > saved:
                 checkpoint(done)
@@ -443,27 +510,29 @@ def _train(cfg, run_dir: Path, stage: str, resume: bool, rank: int, world: int, 
         opt.param_groups[0]["lr"], opt.param_groups[1]["lr"] = lr, lr
         opt.param_groups[0]["weight_decay"] = wd
         sched = setup.schedule(step, total, per_epoch)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with phase("forward"), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             loss, logs = objective(batch, sched)
-        if _any_nonfinite(float(loss.detach()), world):
-            last = latest_checkpoint(run_dir)
-            raise TrainingError(
-                f"step {step}: the loss is {float(loss.detach())} (not finite); the run stopped and "
-                f"{'its last good checkpoint ' + str(last) + ' is intact' if last else 'no checkpoint was written yet'}; "
-                "lower lr or check the features for extreme values"
-            )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        _all_reduce_grads(params, world)
-        if cfg.clip_grad > 0:
-            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad))
-        opt.step()
+        watch.note(step, loss)
+        if (step + 1 - start) % cfg.sync_every == 0:
+            watch.check(run_dir)
+        with phase("backward"):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            _all_reduce_grads(params, world)
+        with phase("optimizer"):
+            if cfg.clip_grad > 0:
+                logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+            opt.step()
         if hasattr(objective, "update_teacher"):
-            objective.update_teacher(sched["momentum"])
+            with phase("teacher_ema"):
+                objective.update_teacher(sched["momentum"])
+        if prof is not None:
+            prof.step()
         done = step + 1
         rate = (done - done_at_t0) * cfg.batch_size / max(time.perf_counter() - t0, 1e-9)
         eta = (total - done) * cfg.batch_size / rate if rate > 0 else None
         if done % cfg.log_every == 0 or done == total or done == start + 1:
+            logs = {k: float(v) for k, v in logs.items()}  # tensors are read here, on the logged steps only
             row = {"step": done, "epoch": epoch, "lr": lr, "weight_decay": wd, "samples_per_s": rate, **logs,
                    **{k: v for k, v in sched.items() if isinstance(v, float)}}
             if rank == 0:
@@ -475,6 +544,7 @@ def _train(cfg, run_dir: Path, stage: str, resume: bool, rank: int, world: int, 
             yield TrainEvent("step", done, total, epoch, logs, lr, rate, eta)
         stop = False
         if setup.validate is not None and done % per_epoch == 0:
+            watch.check(run_dir)
             val = setup.validate(objective)
             if val["val_loss"] < early["best"]:
                 early.update(best=val["val_loss"], best_epoch=epoch, bad=0, metrics=val)
@@ -491,6 +561,9 @@ def _train(cfg, run_dir: Path, stage: str, resume: bool, rank: int, world: int, 
             break
         if done % cfg.checkpoint_every == 0 and done < total:
             yield TrainEvent("checkpoint", done, total, epoch, path=str(checkpoint(done)))
+    if prof is not None:
+        prof.close()
+    restore(objective)
     if not finished:
         checkpoint(done, finished=True)  # the run is done: a resume only writes the outputs below that it lacks
     out, head = run_dir / "care", run_dir / "head"
