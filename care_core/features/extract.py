@@ -1,4 +1,4 @@
-"""Streaming patch-feature extraction: threads read and resize patches while the encoder runs.
+"""Streaming patch-feature extraction: threads (or processes) read and resize patches while the encoder runs.
 
 Reading and encoding are two thread pools. A CPU encoder that allows it (`cpu_parallel_embed`) runs in
 its own `num_workers` threads rather than in the readers, so the cores stay busy encoding while readers
@@ -14,6 +14,7 @@ import time
 import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Callable, Generator
 
@@ -43,12 +44,27 @@ class PatchReader:
     """Reads grid patches at one level and resizes them to `read_px` square (Pillow, antialiased)."""
 
     def __init__(self, slide, grid, read_px: int, interpolation: str = "bilinear") -> None:
+        level = read_level_for_encoder(slide, grid, int(read_px))
+        size = max(1, int(round(grid.patch_size_level0 / slide.level_downsamples[level])))
+        self._setup(slide, np.asarray(grid.coords), level, size, int(read_px), interpolation)
+
+    def _setup(self, slide, coords: np.ndarray, level: int, size_at_level: int, read_px: int, interpolation: str) -> None:
         from PIL import Image
 
-        self.slide, self.coords, self.read_px = slide, np.asarray(grid.coords), int(read_px)
-        self.level = read_level_for_encoder(slide, grid, self.read_px)
-        self.size_at_level = max(1, int(round(grid.patch_size_level0 / slide.level_downsamples[self.level])))
+        self.slide, self.coords, self.level, self.size_at_level, self.read_px = slide, coords, level, size_at_level, read_px
+        self.interpolation = interpolation
         self._filter = {"bicubic": Image.Resampling.BICUBIC}.get(interpolation, Image.Resampling.BILINEAR)
+
+    def recipe(self) -> dict:
+        """What another process needs to read the same patches from its own copy of the slide (`from_recipe`)."""
+        return {"coords": self.coords, "level": self.level, "size_at_level": self.size_at_level,
+                "read_px": self.read_px, "interpolation": self.interpolation}
+
+    @classmethod
+    def from_recipe(cls, slide, recipe: dict) -> PatchReader:
+        reader = cls.__new__(cls)
+        reader._setup(slide, **recipe)
+        return reader
 
     def read(self, index: np.ndarray | range) -> np.ndarray:
         """uint8 [len(index), read_px, read_px, 3] patches of grid rows `index`."""
@@ -85,6 +101,7 @@ def iter_extract(
     num_workers: int = 2,
     device: str | None = None,
     prefetch_batches: int = 2,
+    reader: str = "threads",
 ) -> Generator[ExtractProgress, None, PatchFeatures]:
     """Encode every patch of `grid`, yielding an `ExtractProgress` after each batch; returns `PatchFeatures`.
 
@@ -92,6 +109,9 @@ def iter_extract(
     the coarsest level that serves (never finer than `grid.level`) and resized to the encoder's input by
     `num_workers` threads, at most `num_workers + prefetch_batches` batches ahead of the encoder. Encoders
     that allow it (`cpu_parallel_embed`, e.g. stain-texture) encode in `num_workers` threads of their own.
+    reader: "threads" (the default) or "processes": `num_workers` processes, each with the slide open, read and
+    decode (`readers.ProcessPatchReader`; not inside a daemonic process such as a dask worker). On CUDA a batch is
+    gathered in pinned host memory, so the encoder's upload is an asynchronous copy.
     """
     if isinstance(encoder, str):
         encoder = get_encoder(encoder, device=device or "auto")
@@ -99,19 +119,31 @@ def iter_extract(
         raise ValueError(f"device={device!r} but encoder {encoder.name!r} is on {encoder.device!r}; build it there")
     if batch_size < 1 or num_workers < 1:
         raise ValueError(f"batch_size={batch_size} and num_workers={num_workers} must be >= 1")
+    from care_core.features.readers import READERS, ProcessPatchReader
+
+    if reader not in READERS:
+        raise ValueError(f"reader={reader!r} is not one of {READERS}")
     _check_resolution(grid, encoder)
-    reader = PatchReader(slide, grid, encoder.resize_px, encoder.spec.interpolation)
-    total = len(reader.coords)
+    patches = PatchReader(slide, grid, encoder.resize_px, encoder.spec.interpolation)
+    total = len(patches.coords)
     features = np.empty((total, encoder.dim), np.float32)
     in_worker = encoder.cpu_parallel_embed and encoder.device == "cpu"
-    read_pool = ThreadPoolExecutor(num_workers, thread_name_prefix="care-read")
+    if reader == "processes":
+        read_pool = ProcessPatchReader(patches, num_workers)
+        read = read_pool.submit
+    else:
+        read_pool = ThreadPoolExecutor(num_workers, thread_name_prefix="care-read")
+
+        def read(rows: range) -> Future:
+            return read_pool.submit(patches.read, rows)
     embed_pool = ThreadPoolExecutor(num_workers, thread_name_prefix="care-embed") if in_worker else None
+    staging = None if in_worker else _pinned_batch(encoder, batch_size, patches.read_px)
 
     def submit(idx: range) -> list[Future]:
         """The batch's patches (or features, when encoded in `embed_pool`) in `num_workers` parts, one per
         worker: the first batch and the last one keep every worker busy."""
         step = -(-len(idx) // num_workers)
-        parts = [read_pool.submit(reader.read, idx[i: i + step]) for i in range(0, len(idx), step)]
+        parts = [read(idx[i: i + step]) for i in range(0, len(idx), step)]
         if embed_pool is None:
             return parts
         return [embed_pool.submit(lambda read: encoder.embed(read.result()), read) for read in parts]
@@ -126,13 +158,16 @@ def iter_extract(
                 break
         while pending:
             idx, parts = pending.popleft()
-            out = np.concatenate([part.result() for part in parts])
+            out = np.concatenate([part.result() for part in parts], out=None if staging is None else staging[: len(idx)])
             nxt = next(batches, None)
             if nxt is not None:
                 pending.append((nxt, submit(nxt)))
             features[idx.start: idx.stop] = out if in_worker else encoder.embed(out)
             done += len(idx)
             yield ExtractProgress(done, total, done / max(time.perf_counter() - t0, 1e-9))
+    except BrokenProcessPool:  # seen by a read's result or by the next submit
+        raise RuntimeError(f"{slide.path}: a reader process ended abruptly (killed, or out of memory); run again, or "
+                           "read with reader='threads'") from None
     finally:
         if embed_pool is not None:
             embed_pool.shutdown(wait=False, cancel_futures=True)  # queued encodes go first
@@ -141,7 +176,7 @@ def iter_extract(
             embed_pool.shutdown(wait=True)  # a running encode ends with its read (at once if the read was dropped)
     return PatchFeatures(
         features=features,
-        coords=reader.coords,
+        coords=patches.coords,
         patch_size_level0=grid.patch_size_level0,
         mpp=float(grid.target_mpp),
         patch_px=int(grid.patch_px),
@@ -149,8 +184,21 @@ def iter_extract(
         weights_sha256=encoder.weights_sha256,
         slide_path=str(slide.path),
         slide_size_level0=tuple(int(v) for v in slide.dimensions),
-        extra={"read_level": reader.level, "input_px": encoder.input_px, "resize_px": encoder.resize_px},
+        extra={"read_level": patches.level, "input_px": encoder.input_px, "resize_px": encoder.resize_px},
     )
+
+
+def _pinned_batch(encoder: PatchEncoder, batch_size: int, px: int) -> np.ndarray | None:
+    """A uint8 [batch_size, px, px, 3] batch in page-locked host memory when the encoder runs on CUDA (its upload
+    is then an asynchronous copy, and no pinned copy is made per batch), else None. One buffer serves every batch:
+    `embed` returns host features, so the upload is over before the next batch is gathered into it."""
+    if not str(encoder.device).startswith("cuda"):
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.empty((batch_size, px, px, 3), dtype=torch.uint8).pin_memory().numpy()
 
 
 def extract_features(
@@ -163,10 +211,11 @@ def extract_features(
     device: str | None = None,
     prefetch_batches: int = 2,
     progress: Callable[[ExtractProgress], None] | None = None,
+    reader: str = "threads",
 ) -> PatchFeatures:
     """`iter_extract` run to the end (calling `progress(event)` after each batch); returns `PatchFeatures`."""
     gen = iter_extract(slide, grid, encoder, batch_size=batch_size, num_workers=num_workers, device=device,
-                       prefetch_batches=prefetch_batches)
+                       prefetch_batches=prefetch_batches, reader=reader)
     while True:
         try:
             event = next(gen)
