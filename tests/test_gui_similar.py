@@ -126,3 +126,24 @@ def test_an_index_of_another_model_is_refused_in_one_line(qtbot, shown, tmp_path
     text = widget.similar.status.text()
     assert text.startswith("error: slide 'small' was encoded with CARE model ") and "but the index holds model ffffffffffff" in text
     assert widget.similar.gallery.count() == 0 and widget.find_button.isEnabled()
+
+
+def test_an_answer_whose_slide_file_is_gone_shows_a_grey_tile_and_says_so(qtbot, shown, small_sample, tmp_path):
+    viewer, widget, enc = shown
+    gone = tmp_path / "gone.svs"
+    shutil.copy(small_sample.slide_path, gone)
+    enc.meta["slide_path"] = str(gone)
+    enc.save_npz(tmp_path / "gone_encoding.npz")
+    build_index([tmp_path / "gone_encoding.npz"], tmp_path / "index")
+    gone.unlink()  # moved away after indexing
+    widget.select_region(0)
+    widget.similar.source.setCurrentText(INDEX)
+    widget.similar.index.value = str(tmp_path / "index")
+    items = _find(qtbot, widget)
+    assert items and all(i.slide_path is None and i.thumbnail is None for i in items)
+    assert widget.similar.gallery.item(0).text().endswith("\nslide file not found")
+    layers = len(viewer.layers)
+    widget.similar.gallery.itemClicked.emit(widget.similar.gallery.item(0))
+    assert len(viewer.layers) == layers  # nothing opened
+    assert widget.similar.status.text() == ("gone: the slide file is not found here (the index records where it was "
+                                            "encoded); open it with File → Open")
