@@ -7,11 +7,17 @@ per real token, for the sub-region transformer and for ARSA, against the fixed-w
 every sub-region group to k*k slots (the baseline, computed on the same batch).
 
     python bench/bench_care_train_step.py [--batch 32] [--patches 360] [--threads 2] [--repeats 3]
+    python bench/bench_care_train_step.py --batch 4 --patches 120 --bucket-shapes --compile default
+
+With --bucket-shapes and/or --compile MODE (Stage I's config fields) the same step is timed a second time on a
+copy of the model with its transformers bucketed / compiled (after one untimed step that compiles), and the
+ratio to the eager step measured in the same run is printed, with the largest difference of the outputs.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import heapq
 import resource
 import time
@@ -36,11 +42,14 @@ def blob_grid(n: int, rng: np.random.Generator) -> np.ndarray:
     return g - g.min(0)
 
 
-def packed_slots(sizes: torch.Tensor, budget: int) -> int:
-    """Slots the model's size-sorted chunks pad ``sizes`` to (each chunk to its widest group)."""
+def packed_slots(sizes: torch.Tensor, budget: int, bucketed: bool = False) -> int:
+    """Slots the model's size-sorted chunks pad ``sizes`` to (each chunk to its widest group; ``bucketed``: both
+    the chunk's groups and its width rounded up to their `bucket_shapes` sizes)."""
     from care_core.model.care import _size_sorted_chunks
+    from care_core.train.static_shapes import bucket
 
-    return sum(len(ids) * int(sizes[ids].max()) for ids in _size_sorted_chunks(sizes, budget))
+    size = bucket if bucketed else int
+    return sum(size(len(ids)) * size(int(sizes[ids].max())) for ids in _size_sorted_chunks(sizes, budget))
 
 
 def main() -> None:
@@ -49,6 +58,8 @@ def main() -> None:
     ap.add_argument("--patches", type=int, default=360)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--bucket-shapes", action="store_true", help="also time the step with bucketed chunk shapes")
+    ap.add_argument("--compile", default="", help="also time the step with torch.compile (mode, or aot_eager)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from care_core.model.care import CARE
@@ -57,14 +68,20 @@ def main() -> None:
     grids = [blob_grid(args.patches, rng) for _ in range(args.batch)]
     feats = [torch.from_numpy(rng.standard_normal((args.patches, 768), dtype=np.float32)) for _ in grids]
     model = CARE.from_seed(0).train()
-    times = []
-    for _ in range(args.repeats):
-        model.zero_grad(set_to_none=True)
-        t0 = time.perf_counter()
-        out = model(feats, grids)
-        loss = out.slide_embedding.square().mean() + out.patch_tokens.square().mean() + out.rsl_loss.mean()
-        loss.backward()
-        times.append(time.perf_counter() - t0)
+
+    def timed_steps(model, repeats: int):
+        times = []
+        for _ in range(repeats):
+            model.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            out = model(feats, grids)
+            loss = out.slide_embedding.square().mean() + out.patch_tokens.square().mean() + out.rsl_loss.mean()
+            loss.backward()
+            times.append(time.perf_counter() - t0)
+        return out, times
+
+    fast = copy.deepcopy(model) if args.bucket_shapes or args.compile else None
+    out, times = timed_steps(model, args.repeats)
     n = args.batch * args.patches
     k = model.config.k
     square_sizes = torch.from_numpy(np.concatenate([np.unique(g // k, axis=0, return_counts=True)[1] for g in grids]))
@@ -76,6 +93,21 @@ def main() -> None:
     print(f"  sub-regions, every group padded to k*k (baseline): {len(square_sizes) * k * k / n:.3f}")
     print(f"  sub-regions, packed by size:                       {packed_slots(square_sizes, budget) / n:.3f}")
     print(f"  ARSA regions, packed by size:                      {packed_slots(out.region_size, budget) / n:.3f}")
+    if args.bucket_shapes:
+        print(f"  sub-regions, packed, bucketed shapes:              {packed_slots(square_sizes, budget, True) / n:.3f}")
+        print(f"  ARSA regions, packed, bucketed shapes:             {packed_slots(out.region_size, budget, True) / n:.3f}")
+    if fast is not None:
+        from care_core.train.static_shapes import speed_up
+
+        speed_up(fast, bucket_shapes=args.bucket_shapes, compile_mode=args.compile)
+        t0 = time.perf_counter()
+        timed_steps(fast, 1)  # compiles every shape of the batch
+        first = time.perf_counter() - t0
+        fast_out, fast_times = timed_steps(fast, args.repeats)
+        diff = float((fast_out.slide_embedding - out.slide_embedding).detach().abs().max())
+        print(f"bucket_shapes={args.bucket_shapes} compile={args.compile or 'off'}: first step {first:.2f} s, then best "
+              f"{min(fast_times):.2f} s, median {np.median(fast_times):.2f} s; eager/this = "
+              f"{np.median(times) / np.median(fast_times):.2f} (medians, same run); max |slide embedding diff| {diff:.2e}")
 
 
 if __name__ == "__main__":

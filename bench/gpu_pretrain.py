@@ -8,9 +8,14 @@ counted by torch's FlopCounterMode on the first step; utilisation = achieved FLO
 (H100 SXM dense bf16: 989).
 
     python bench/gpu_pretrain.py [--batches 32 64 128] [--steps 10] [--peak-tflops 989]
+    python bench/gpu_pretrain.py --bucket-shapes --compile default --warmup 6   # the compiled path
     python bench/gpu_pretrain.py --device cpu --batches 2 --steps 2 --patches 120   # smoke run on a CPU
 
-Writes ``$OUT/gpu_pretrain.json`` when the OUT environment variable is set.
+--bucket-shapes / --compile MODE are Stage I's config fields of the same names (care_core/train/static_shapes.py);
+each timed step takes another batch of the pool (other shapes, as in training), after --warmup steps that compile
+what they meet. --profile N records N more steps with torch.profiler (the trainer's profile_steps) into
+``$OUT/<json name>_profile/`` (trace.json, top.txt, summary.json). Writes ``$OUT/gpu_pretrain.json`` (or
+``--json NAME``) when the OUT environment variable is set.
 
 Goal (issue): >= 500 sub-WSIs/s on one H100-class GPU and >= 35 % utilisation.
 """
@@ -18,6 +23,7 @@ Goal (issue): >= 500 sub-WSIs/s on one H100-class GPU and >= 35 % utilisation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -39,6 +45,11 @@ def main() -> None:
     ap.add_argument("--chunk-tokens", type=int, default=16384, help="CARE chunk_tokens (larger on a GPU)")
     ap.add_argument("--geometry-in-step", action="store_true",
                     help="compute each view's CARE geometry in the step (Stage I computes it in the data workers)")
+    ap.add_argument("--bucket-shapes", action="store_true", help="pad CARE's transformer chunks to a few static shapes")
+    ap.add_argument("--compile", default="", help="torch.compile mode of CARE's transformers ('' = eager)")
+    ap.add_argument("--warmup", type=int, default=0, help="untimed steps per batch size, each on another batch")
+    ap.add_argument("--profile", type=int, default=0, metavar="N", help="record N steps with torch.profiler")
+    ap.add_argument("--json", default="gpu_pretrain.json", help="name of the JSON written to $OUT")
     args = ap.parse_args()
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -49,6 +60,8 @@ def main() -> None:
     from care_core.train.config import config_from_dict
     from care_core.train.data import ViewConfig, make_views
     from care_core.train.ibot import IBOTObjective
+    from care_core.train.profile import StepProfiler
+    from care_core.train.static_shapes import speed_up
 
     dev = torch.device(args.device)
     cfg = config_from_dict("1", {"features": ".", "out_dim": 8192, "patch_out_dim": 8192})
@@ -65,41 +78,55 @@ def main() -> None:
             views.geometries = [subregion_geometry(g, **geometry_args) for g in views.grids]
         pool.append(views)
     obj = IBOTObjective(care, cfg).to(dev).train()
+    speed_up(obj, bucket_shapes=args.bucket_shapes, compile_mode=args.compile)
     params = [p for p in obj.trainable().parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, fused=dev.type == "cuda")
     amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     print(f"device {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'}), views {views_cfg.n_global}+{views_cfg.n_local}, "
-          f"<= {args.patches} patches per sub-WSI, geometry {'in the step' if args.geometry_in_step else 'ahead'}")
+          f"<= {args.patches} patches per sub-WSI, geometry {'in the step' if args.geometry_in_step else 'ahead'}, "
+          f"bucket_shapes {args.bucket_shapes}, compile {args.compile or 'off'}")
     result = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
               "views": [views_cfg.n_global, views_cfg.n_local], "max_patches": args.patches, "steps": args.steps,
               "geometry": "in_step" if args.geometry_in_step else "precomputed", "peak_tflops": args.peak_tflops,
-              "batches": []}
+              "bucket_shapes": args.bucket_shapes, "compile": args.compile, "warmup_steps": args.warmup, "batches": []}
+    out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
 
-    def step(batch, count=False):
+    def step(batch, count=False, prof=None):
         ctx = FlopCounterMode(display=False) if count else None
         if ctx:
             ctx.__enter__()
-        with torch.autocast(**amp):
+        phase = prof.phase if prof is not None else (lambda name: contextlib.nullcontext())
+        with phase("forward"), torch.autocast(**amp):
             loss, _ = obj(batch, {"teacher_temp": 0.04, "momentum": 0.996})
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 3.0)
-        opt.step()
-        obj.update_teacher(0.996)
+        with phase("backward"):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        with phase("optimizer"):
+            torch.nn.utils.clip_grad_norm_(params, 3.0)
+            opt.step()
+        with phase("teacher_ema"):
+            obj.update_teacher(0.996)
+        if prof is not None:
+            prof.step()
         if ctx:
             ctx.__exit__(None, None, None)
             return ctx.get_total_flops()
         return None
 
+    def batch_of(b: int, k: int) -> list:  # batch k: the pool from offset k * b on (k = 0: the first b sub-WSIs)
+        return [pool[(k * b + i) % len(pool)] for i in range(b)]
+
     for b in args.batches:
-        batch = [pool[i % len(pool)] for i in range(b)]
+        batch = batch_of(b, 0)
+        for k in range(args.warmup):
+            step(batch_of(b, k))
         flops = step(batch, count=True)
         if dev.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats(dev)
         t0 = time.perf_counter()
-        for _ in range(args.steps):
-            step(batch)
+        for k in range(args.steps):
+            step(batch_of(b, k) if args.warmup else batch)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         dt = (time.perf_counter() - t0) / args.steps
@@ -110,9 +137,17 @@ def main() -> None:
         result["batches"].append({"batch": b, "sub_wsis_per_s": b / dt, "ms_per_step": dt * 1000,
                                   "peak_gpu_gib": peak if dev.type == "cuda" else None, "gflop_per_sub_wsi": flops / b / 1e9, "tflops": tflops,
                                   "utilisation": tflops / args.peak_tflops})
-        if os.environ.get("OUT"):
-            path = Path(os.environ["OUT"]) / "gpu_pretrain.json"
-            path.write_text(json.dumps(result, indent=2))
+        if out_dir is not None:
+            (out_dir / args.json).write_text(json.dumps(result, indent=2))
+    if args.profile:
+        b = args.batches[-1]
+        prof = StepProfiler(out_dir / f"{Path(args.json).stem}_profile" if out_dir else Path("profile-out"), args.profile,
+                            dev.type == "cuda")
+        for k in range(args.profile + 2):  # the profiler skips one step and warms up on another
+            step(batch_of(b, k) if args.warmup else batch_of(b, 0), prof=prof)
+        prof.close()
+        print(f"profile of batch {b}: {prof.out / 'top.txt'}")
+        print((prof.out / "top.txt").read_text())
 
 
 if __name__ == "__main__":

@@ -1,21 +1,30 @@
 #!/usr/bin/env bash
-# GPU check: the tests marked `gpu`, then the three GPU benches, on one CUDA machine, in about 7 minutes at most.
+# GPU check: the tests marked `gpu`, then the GPU benches, on one CUDA machine.
 #
 #   bash scripts/gpu_check.sh
+#   ONLY="gpu_profile gpu_pretrain_rotating gpu_pretrain_fast" bash scripts/gpu_check.sh   # Stage I step only
 #   SMOKE=1 bash scripts/gpu_check.sh    # any machine: the benches' CPU smoke sizes, to check the script itself
+#
+# The Stage I steps come first (issue 21): gpu_profile (the trainer's profile_steps: top host and device items
+# per step, with data loading and syncs), gpu_pretrain_rotating (the eager model step, a new batch each step: the
+# baseline of the next one), gpu_pretrain_fast (the same with bucket_shapes and torch.compile, after warm-up
+# steps that compile). Their limits add up to about 9 minutes; with the older steps the sum of the limits passes
+# 10, so on a machine lent in 10-minute calls run the Stage I steps in one call and the rest in another.
 #
 # Logs and JSON results go to $OUT (default: a gpu-check-out folder in the temporary directory):
 # gpu_check.log (everything printed), gpu_dmon.log (nvidia-smi dmon, one line a second, with timestamps),
-# gpu_care.json, gpu_extract.json, gpu_pretrain.json, geometry_in_step/gpu_pretrain.json and gpu_jobs.json
-# (the Train CARE widget's jobs). ONLY="gpu_jobs pytest_gpu" runs the named steps alone. Each step has
+# gpu_profile.json + gpu_profile/ (trace.json, top.txt, summary.json), gpu_pretrain_rotating.json,
+# gpu_pretrain_fast.json (+ their _profile/ folders), gpu_care.json, gpu_extract.json (thread and process
+# readers), gpu_pretrain.json, geometry_in_step/gpu_pretrain.json, gpu_jobs.json (the Train CARE widget's jobs)
+# and gpu_check.json: every JSON above in one file, under its name. ONLY="gpu_jobs pytest_gpu" runs the named steps alone. Each step has
 # its own time limit; a failing step does not stop the next one, and the script exits non-zero when any
 # step failed.
 #
 # No network is needed. Python packages the machine lacks (the pyramid and region stack: dask, zarr,
 # tiffslide, imagecodecs, shapely, ...; napari and Qt are not needed) can be put as wheels in .whl/ (or the
 # folder $WHEELS names): they are installed into /tmp/site, which goes on PYTHONPATH after the checkout.
-# The project itself is used from the checkout (PYTHONPATH), not installed. On one H200 the whole check
-# took 2 minutes 10 s.
+# The project itself is used from the checkout (PYTHONPATH), not installed. On one H200 the check took 2 minutes
+# 10 s on 2026-12-04, before the Stage I steps were added (not yet run on a GPU).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-${TMPDIR:-/tmp}/gpu-check-out}
@@ -72,9 +81,23 @@ EOF
 nvidia-smi dmon -s pucm -o T -d 1 >"$OUT/gpu_dmon.log" 2>&1 &
 DMON=$!
 
-# the GUI test modules import napari / Qt, which a GPU machine does not need
-step pytest_gpu 75 $PY -m pytest -q -m gpu tests/ --ignore-glob='tests/test_gui_*.py' -p no:cacheprovider -rs
 mkdir -p "$OUT/geometry_in_step"
+if [ "$SMOKE" = 1 ]; then
+    step gpu_profile 120 $PY bench/gpu_profile.py --device cpu --slides 4 --patches 300 --batch 2 --profile 1 \
+        --workers 0 --small
+    step gpu_pretrain_rotating 90 $PY bench/gpu_pretrain.py --device cpu --batches 1 --steps 1 --patches 60 \
+        --warmup 1 --json gpu_pretrain_rotating.json
+    step gpu_pretrain_fast 150 $PY bench/gpu_pretrain.py --device cpu --batches 1 --steps 1 --patches 60 \
+        --warmup 1 --bucket-shapes --compile aot_eager --json gpu_pretrain_fast.json --profile 1
+else
+    step gpu_profile 150 $PY bench/gpu_profile.py --batch 64 --profile 5 --sync-every 10
+    step gpu_pretrain_rotating 90 $PY bench/gpu_pretrain.py --batches 64 128 --steps 10 --warmup 2 \
+        --json gpu_pretrain_rotating.json --profile 3
+    step gpu_pretrain_fast 300 $PY bench/gpu_pretrain.py --batches 64 128 --steps 10 --warmup 6 --bucket-shapes \
+        --compile default --json gpu_pretrain_fast.json --profile 3
+fi
+# the GUI test modules import napari / Qt, which a GPU machine does not need
+step pytest_gpu 150 $PY -m pytest -q -m gpu tests/ --ignore-glob='tests/test_gui_*.py' -p no:cacheprovider -rs
 if [ "$SMOKE" = 1 ]; then
     step gpu_care 75 $PY bench/gpu_care.py --smoke
     step gpu_pretrain 110 $PY bench/gpu_pretrain.py --device cpu --batches 1 --steps 1 --patches 60
@@ -93,6 +116,16 @@ fi
 
 kill "$DMON" 2>/dev/null
 wait "$DMON" 2>/dev/null
+$PY - "$OUT" <<'EOF'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+found = {str(p.relative_to(out)): json.loads(p.read_text()) for p in sorted(out.rglob("*.json"))
+         if p.name != "gpu_check.json" and not any(part.endswith("_profile") or part == "gpu_profile"
+                                                   for part in p.relative_to(out).parts[:-1])}
+(out / "gpu_check.json").write_text(json.dumps(found, indent=2))
+print(f"gpu_check.json: {', '.join(found) or 'no figures'}")
+EOF
 echo
 echo "=== summary"
 printf '%s\n' "${SUMMARY[@]}"

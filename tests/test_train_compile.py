@@ -95,3 +95,23 @@ def test_a_stage1_run_with_bucketed_shapes_ends_at_the_eager_weights(cohort, tmp
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compile_mode", ["default", "reduce-overhead"])
+def test_compiled_care_equals_eager_on_cuda_within_bfloat16_tolerance(compile_mode):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    eager = CARE.from_seed(0, input_dim=8, **TINY_MODEL).cuda().train()
+    fast = copy.deepcopy(eager)
+    speed_up(fast, bucket_shapes=True, compile_mode=compile_mode)
+    for seed in (0, 1, 2):  # new batches: new shapes inside the same buckets
+        data = batch(seed)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            ref_out, ref_grads = step(eager, *data)
+            out, grads = step(fast, *data)
+        scale = ref_out.slide_embedding.abs().max()
+        torch.testing.assert_close(out.slide_embedding, ref_out.slide_embedding, rtol=0, atol=float(0.05 * scale))
+        for name in ref_grads:
+            err = (grads[name].float() - ref_grads[name].float()).norm() / ref_grads[name].float().norm().clamp_min(1e-12)
+            assert err < 0.05, (name, float(err))
