@@ -9,8 +9,9 @@
    x, y, compartment) encoded with the shipped demo CARE; each region labelled by the majority ground-truth
    compartment of its patches (regions whose majority is background, -1, are left out); for every labelled
    region the share of its 10 nearest (cosine, itself left out) with its label, averaged. Representations:
-   CARE's region embedding, the mean patch feature of the same CARE region, and fixed 8x8-patch squares' mean
-   patch feature. Target: CARE's region embedding at least the mean patch feature's.
+   the mean ARSA output token of each CARE region (what an index searches by default), CARE's region
+   embedding g^AR, the mean patch feature of the same CARE region, and fixed 8x8-patch squares' mean patch
+   feature. Target: CARE's region representation at least the mean patch feature's.
 
    3. Approximate (faiss-cpu installed): at 1M 128-d regions (1000 Gaussian blobs, and standard normal), the
    IVF-Flat index's median query time and recall@10 against exact for nprobe 8..512, and its memory (it holds
@@ -150,8 +151,8 @@ def heldout_rows(folder: Path) -> dict[str, list]:
     from care_core.model.checkpoint import DEMO_CHECKPOINT
 
     care = load_checkpoint(DEMO_CHECKPOINT)
-    rows: dict[str, list] = {"CARE region embedding": [], "CARE region, mean patch feature": [],
-                             "8x8 square, mean patch feature": []}
+    rows: dict[str, list] = {"CARE region, mean ARSA token (index default)": [], "CARE region embedding g^AR": [],
+                             "CARE region, mean patch feature": [], "8x8 square, mean patch feature": []}
     for s, path in enumerate(sorted((folder / "features").glob("*.h5"))):
         pf = load_features(path)
         truth = pd.read_csv(folder / "truth" / f"{path.stem}.csv")
@@ -165,7 +166,9 @@ def heldout_rows(folder: Path) -> dict[str, list]:
         sq_id = np.unique(square, axis=0, return_inverse=True)[1].reshape(-1)
         m = int(sq_id.max()) + 1
         sq_mean = np.stack([feats[sq_id == q].mean(0) for q in range(m)])
-        for name, vec, lab in (("CARE region embedding", enc.region_embeddings, _majority(label, enc.patch_region, n)),
+        for name, vec, lab in (("CARE region, mean ARSA token (index default)", enc.region_token_means,
+                                _majority(label, enc.patch_region, n)),
+                               ("CARE region embedding g^AR", enc.region_embeddings, _majority(label, enc.patch_region, n)),
                                ("CARE region, mean patch feature", mean, _majority(label, enc.patch_region, n)),
                                ("8x8 square, mean patch feature", sq_mean, _majority(label, sq_id, m))):
             keep = lab >= 0

@@ -219,7 +219,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
         index = remove_slides(args.out, args.remove, progress=progress)
     if args.inputs:
         index = build_index(args.inputs, args.out, model=args.model, progress=progress, scheduler=args.scheduler,
-                            n_workers=args.workers)
+                            n_workers=args.workers, representation=args.representation)
     n = sum(s["n_regions"] for s in index["slides"].values())
     print(f"index {args.out}: {len(index['slides'])} slides, {n} regions, {index['embed_dim']}-d, "
           f"CARE model {index['model_sha256'][:12]}, encoder {index['encoder'] or 'unknown'}")
@@ -484,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=COUNT, default=1,
                    help="encode feature files on a local dask cluster of this many processes (default 1: in this process)")
     p.add_argument("--scheduler", default=None, help="tcp://host:port: encode feature files as tasks on a running dask scheduler")
+    p.add_argument("--representation", choices=["tokens", "cls"], default=None,
+                   help="what regions are searched by: tokens, the mean ARSA output of their patches (a new index's "
+                        "default), or cls, CARE's region embedding g^AR")
     p.add_argument("--model", type=Path, default=None,
                    help="CARE checkpoint for feature files (default: the shipped demo checkpoint)")
     p.set_defaults(func=_cmd_index)

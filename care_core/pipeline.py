@@ -48,6 +48,9 @@ def care_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "napari-care"
 
 
+_ENCODING_VERSION = 2  # 2: encodings keep their regions' mean tokens (region search); older cached ones are redone
+
+
 def _file_id(path: str | os.PathLike | None) -> list | None:
     """What identifies a file's content cheaply: resolved path, size, modification time (ns)."""
     if path is None:
@@ -156,7 +159,7 @@ def iter_slide_pipeline(
             head.check_compatible(meta, spec.name, model_sha256="")
     feature_key = _digest([_file_id(slide_path), spec.name, _file_id(weights), target_mpp, patch_px, min_tissue, mpp])
     model_id = ["untrained", untrained_seed] if care is None else [meta.tensors_sha256 or _file_id(model), meta.config]
-    encoding_key = _digest([feature_key, model_id, [_file_id(h) for h in heads]])
+    encoding_key = _digest([feature_key, model_id, [_file_id(h) for h in heads], _ENCODING_VERSION])
     folder = None if cache is None else cache.slide_dir(slide_path)
     tissue_file = None if folder is None else folder / f"tissue-{feature_key}.npz"
     features_file = None if folder is None else folder / f"features-{feature_key}.h5"

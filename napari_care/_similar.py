@@ -61,7 +61,7 @@ def find_similar(query: SimilarQuery) -> list[GalleryItem]:
     """The ``k`` regions most like the query's region (itself left out), each with its thumbnail; runs in a
     worker. An index built with another CARE model or patch encoder is refused (InvalidInputError)."""
     from care_core.regions.geometry import region_polygons
-    from care_core.search.index import model_of
+    from care_core.search.index import model_of, region_vectors
     from care_core.search.query import search_encoding
 
     enc = query.encoding
@@ -74,8 +74,9 @@ def find_similar(query: SimilarQuery) -> list[GalleryItem]:
     else:
         index = load_index(query.index)
         model, encoder = model_of(enc.meta)
-        vector = index.check_query(enc.region_embeddings[query.region], model=model, encoder=encoder,
-                                   what=f"slide {query.slide!r}")
+        what = f"slide {query.slide!r}"
+        vector = index.check_query(region_vectors(enc, index.representation, what)[query.region], model=model,
+                                   encoder=encoder, what=what)
         hits = index.search(vector, k=query.k, slide=query.slide, region=query.region)
         paths = {name: index.slide_path(name) for name in {h.slide for h in hits}}
         paths[query.slide] = paths.get(query.slide) or Path(query.slide_path)

@@ -18,14 +18,15 @@ from care_core.search import RegionIndex, build_index, search_index
 SIDE = 512
 
 
-def write_encoding(folder, name, regions, slide=None, model="m1" * 32, encoder="enc", head=None):
-    """An encoding whose region r holds two patches, at (r*SIDE, 0) and (r*SIDE, SIDE)."""
+def write_encoding(folder, name, regions, slide=None, model="m1" * 32, encoder="enc", head=None, cls=None):
+    """An encoding whose region r holds two patches, at (r*SIDE, 0) and (r*SIDE, SIDE); ``regions`` are its
+    regions' mean tokens (what an index searches by default), ``cls`` their g^AR (default: the same)."""
     emb = np.asarray(regions, dtype=np.float32)
     r = len(emb)
     coords = np.array([(i * SIDE, j * SIDE) for i in range(r) for j in (0, 1)], np.int64)
     preds = [] if head is None else [HeadPrediction("compartment", ("stroma", "tumour"), np.array([0.5, 0.5]), head)]
     enc = SlideEncoding(slide_embedding=np.asarray(emb.mean(0) if slide is None else slide, np.float32),
-                        region_embeddings=emb, patch_region=np.repeat(np.arange(r), 2), coords=coords,
+                        region_embeddings=emb if cls is None else np.asarray(cls, np.float32), region_token_means=emb, patch_region=np.repeat(np.arange(r), 2), coords=coords,
                         pi=np.full(r, 1 / r, np.float32), roi=0, patch_size_level0=SIDE,
                         meta={"model_sha256": model, "encoder": encoder}, predictions=preds)
     return enc.save_npz(folder / f"{name}_encoding.npz")
@@ -110,13 +111,13 @@ def test_an_interrupted_build_leaves_the_finished_slides(cohort, monkeypatch):
     index = tmp / "index"
     real, calls = search._write_shard, []
 
-    def write_then_stop(encoding, path):  # Ctrl-C while the second shard is half written
+    def write_then_stop(encoding, path, representation):  # Ctrl-C while the second shard is half written
         calls.append(path.name)
         if len(calls) == 2:
             with atomic_path(path) as tmp:
                 tmp.write_bytes(b"half")
                 raise KeyboardInterrupt
-        return real(encoding, path)
+        return real(encoding, path, representation)
 
     monkeypatch.setattr(search, "_write_shard", write_then_stop)
     with pytest.raises(KeyboardInterrupt):
@@ -198,14 +199,14 @@ from care_core._atomic import atomic_path
 
 real, done = search._write_shard, []
 
-def write_slowly(encoding, path):  # the third shard hangs half written, for the parent's SIGKILL
+def write_slowly(encoding, path, representation):  # the third shard hangs half written, for the parent's SIGKILL
     if len(done) == 2:
         with atomic_path(path) as tmp:
             tmp.write_bytes(b"half")
             print("hanging", flush=True)
             time.sleep(60)
     done.append(path)
-    return real(encoding, path)
+    return real(encoding, path, representation)
 
 search._write_shard = write_slowly
 search.build_index([Path(sys.argv[1])], Path(sys.argv[2]))
@@ -337,3 +338,29 @@ def test_a_build_on_a_dask_cluster_gives_the_shards_of_an_in_process_build(tmp_p
                 np.testing.assert_array_equal(a[key], b[key])
     with pytest.raises(InvalidInputError, match="a build on a cluster takes the CARE model as a checkpoint path"):
         build_index([feats], tmp_path / "other", model=care, n_workers=2)
+
+
+def test_regions_are_searched_by_their_mean_tokens_or_by_g_ar_as_the_index_says(tmp_path):
+    enc = tmp_path / "enc"
+    enc.mkdir()
+    write_encoding(enc, "a", [[1, 0], [0, 1]], cls=[[0, 1], [1, 0]])
+    write_encoding(enc, "b", [[1, 0.1]], cls=[[1, 0.1]])  # like a's region 0 by tokens, a's region 1 by g^AR
+    tokens = build_index([enc], tmp_path / "tokens")
+    cls = build_index([enc], tmp_path / "cls", representation="cls")
+    assert tokens["representation"] == "tokens" and cls["representation"] == "cls"
+    assert [(h.slide, h.region) for h in search_index(tmp_path / "tokens", slide="b", region=0, k=1)] == [("a", 0)]
+    assert [(h.slide, h.region) for h in search_index(tmp_path / "cls", slide="b", region=0, k=1)] == [("a", 1)]
+    by_file = search_index(tmp_path / "cls", slide=enc / "b_encoding.npz", region=0, k=1)  # the encoding's g^AR
+    assert [(h.slide, h.region) for h in by_file] == [("a", 1)]
+    with pytest.raises(InvalidInputError, match=r"the index searches regions by 'tokens', not 'cls'; build another"):
+        build_index([enc], tmp_path / "tokens", representation="cls")
+    old = SlideEncoding.load_npz(enc / "a_encoding.npz")
+    old.region_token_means = None  # an encoding made before they were kept
+    old.save_npz(tmp_path / "old_encoding.npz")
+    with pytest.raises(InvalidInputError) as err:
+        build_index([tmp_path / "old_encoding.npz"], tmp_path / "tokens")
+    assert str(err.value) == (f"{tmp_path / 'old_encoding.npz'}: holds no region mean tokens (encoded before they "
+                              "were kept); encode it again (care encode or care predict), or use an index of "
+                              "--representation cls")
+    assert "old" not in json.loads((tmp_path / "tokens" / "index.json").read_text())["slides"]
+    assert "old" in build_index([tmp_path / "old_encoding.npz"], tmp_path / "cls")["slides"]

@@ -18,13 +18,14 @@ def _encoding(regions, slide_path=""):
     emb = np.asarray(regions, np.float32)
     r = len(emb)
     coords = np.array([(i * 512, j * 512) for i in range(r) for j in (0, 1)], np.int64)
-    return SlideEncoding(slide_embedding=emb.mean(0), region_embeddings=emb, patch_region=np.repeat(np.arange(r), 2),
+    return SlideEncoding(slide_embedding=emb.mean(0), region_embeddings=emb[::-1].copy(), region_token_means=emb,
+                         patch_region=np.repeat(np.arange(r), 2),
                          coords=coords, pi=np.full(r, 1 / r, np.float32), roi=0, patch_size_level0=512,
                          meta={"model_sha256": "m" * 64, "encoder": "enc", "slide_path": slide_path})
 
 
-def test_search_inside_one_encoding_ranks_by_cosine_and_leaves_the_query_out():
-    enc = _encoding([[1, 0, 0], [3, 0.3, 0], [0, 1, 0], [1, 1, 0]])
+def test_search_inside_one_encoding_ranks_by_cosine_of_mean_tokens_and_leaves_the_query_out():
+    enc = _encoding([[1, 0, 0], [3, 0.3, 0], [0, 1, 0], [1, 1, 0]])  # by g^AR: [2, 1, 3]
     hits = search_encoding(enc, 0, k=10, slide="s")
     assert [h.region for h in hits] == [1, 3, 2]
     np.testing.assert_allclose([h.similarity for h in hits], [3 / np.sqrt(9.09), 1 / np.sqrt(2), 0], atol=1e-6)

@@ -191,6 +191,12 @@ def _padded_groups(starts: torch.Tensor, sizes: torch.Tensor, width: int) -> tup
     return torch.where(mask, starts[:, None] + slot[None], starts[:, None]), mask
 
 
+def _masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[G, E] mean of each group's real tokens (``tokens`` [G, W, E], ``mask`` [G, W] True where real)."""
+    m = mask.to(tokens.dtype)[..., None]
+    return (tokens * m).sum(1) / m.sum(1)
+
+
 # --------------------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------------------
@@ -223,6 +229,7 @@ class CAREOutput:
     alpha: torch.Tensor | None = None  # [R]
     beta: torch.Tensor | None = None  # [R]
     roi: torch.Tensor | None = None  # [B] local region id of the ROI
+    region_token_means: torch.Tensor | None = None  # [R] mean ARSA output of each region's patches (search)
 
     @property
     def n_slides(self) -> int:
@@ -420,11 +427,11 @@ class CARE(nn.Module):
         return torch.cat(out)
 
     # ---------------------------------------------------------------- Eq. 6: ARSA
-    def _encode_regions(self, grouped: torch.Tensor, sizes: torch.Tensor, want_tokens: bool):
-        """ARSA over region-grouped tokens (``sizes`` [R] consecutive runs): g^AR [R, E] and, optionally,
-        the per-patch outputs in the same grouped order."""
-        g_ar, tok, _ = self._grouped_pass(self.arsa, grouped, sizes, want_tokens=want_tokens)
-        return g_ar, tok
+    def _encode_regions(self, grouped: torch.Tensor, sizes: torch.Tensor, want_tokens: bool, want_means: bool = False):
+        """ARSA over region-grouped tokens (``sizes`` [R] consecutive runs): g^AR [R, E], optionally the per-patch
+        outputs in the same grouped order, and optionally each region's mean patch output [R, E]."""
+        return self._grouped_pass(self.arsa, grouped, sizes, want_tokens=want_tokens,
+                                  pool=_masked_mean if want_means else None)
 
     def forward_features(
         self,
@@ -434,10 +441,12 @@ class CARE(nn.Module):
         token_mask: Sequence | None = None,
         return_patch_tokens: bool = True,
         geometries: Sequence | None = None,
+        return_region_token_means: bool = False,
     ) -> CAREOutput:
         """Sub-regions, ARG, RSL and ARSA for a batch of slides (lists of [N_b, D] features, [N_b, 2] grids).
 
         token_mask: optional list of [N_b] bool; True patches get ``mask_token`` in place of f^Q.
+        return_region_token_means: also each region's mean ARSA patch output (what region search compares).
         geometries: optional ``self.geometry(grid)`` of each slide, computed ahead (e.g. in data workers).
         """
         cfg = self.config
@@ -482,7 +491,8 @@ class CARE(nn.Module):
         order = torch.argsort(region, stable=True)
         grouped = tokens[order]
         del tokens, f_r, f_q, g_cls, g_q  # without autograd this frees them before ARSA
-        g_ar, grouped_out = self._encode_regions(grouped, torch.bincount(region, minlength=n_regions), return_patch_tokens)  # Eq. 6
+        g_ar, grouped_out, token_means = self._encode_regions(grouped, torch.bincount(region, minlength=n_regions),
+                                                              return_patch_tokens, return_region_token_means)  # Eq. 6
         patch_tokens = None if grouped_out is None else grouped_out[torch.argsort(order)]
 
         inv = torch.empty_like(p["perm"])
@@ -502,6 +512,7 @@ class CARE(nn.Module):
             rsl=rsl,
             rsl_loss=rsl_loss,
             patch_tokens=None if patch_tokens is None else patch_tokens[inv],
+            region_token_means=token_means,
         )
 
     def forward_head(self, out: CAREOutput) -> CAREOutput:
@@ -525,11 +536,12 @@ class CARE(nn.Module):
         return out
 
     def forward(self, features: Sequence[torch.Tensor], grids: Sequence, *, token_mask: Sequence | None = None,
-                return_patch_tokens: bool = True, geometries: Sequence | None = None) -> CAREOutput:
+                return_patch_tokens: bool = True, geometries: Sequence | None = None,
+                return_region_token_means: bool = False) -> CAREOutput:
         """Full CARE on a batch of slides; see ``forward_features`` for the arguments."""
         return self.forward_head(
             self.forward_features(features, grids, token_mask=token_mask, return_patch_tokens=return_patch_tokens,
-                                  geometries=geometries)
+                                  geometries=geometries, return_region_token_means=return_region_token_means)
         )
 
     # ---------------------------------------------------------------- inference
@@ -553,6 +565,7 @@ class CARE(nn.Module):
                 [torch.from_numpy(np.ascontiguousarray(pf.features, dtype=np.float32)) for pf in slides],
                 [pf.grid_indices() for pf in slides],
                 return_patch_tokens=False,
+                return_region_token_means=True,
             )
         return [SlideEncoding.from_output(out, b, slides[b], self.config) for b in range(len(slides))]
 

@@ -14,7 +14,7 @@ __all__ = ["SlideEncoding", "HeadPrediction"]
 
 _ARRAYS = (
     "slide_embedding", "region_embeddings", "patch_region", "region_subregion", "pi", "alpha", "beta",
-    "candidates", "candidate_scores", "coords", "grid",
+    "candidates", "candidate_scores", "coords", "grid", "region_token_means",
 )
 
 
@@ -70,6 +70,8 @@ class SlideEncoding:
     candidate_scores: [N, c] w = rho * mu.  coords: [N, 2] level-0 (x, y) top-left of each patch;
     grid: [N, 2] (col, row) grid index; patch_size_level0: patch side in level-0 px.
     mpp, patch_px: µm/px and patch side (px) at which the features were made (None when unknown).
+    region_token_means: [R, E] float32 each region's mean ARSA patch output (what region search compares:
+    it groups regions by tissue better than g^AR; None in encodings made before it existed).
     meta: provenance (encoder, slide path, model config / checkpoint hash).
     predictions: one HeadPrediction per head applied to this slide (``care predict``), empty by default.
     """
@@ -91,6 +93,7 @@ class SlideEncoding:
     patch_size_level0: int | None = None
     mpp: float | None = None
     patch_px: int | None = None
+    region_token_means: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
     predictions: list[HeadPrediction] = field(default_factory=list)
 
@@ -144,6 +147,7 @@ class SlideEncoding:
             patch_size_level0=int(features.patch_size_level0),
             mpp=features.mpp,
             patch_px=features.patch_px,
+            region_token_means=None if out.region_token_means is None else f32(out.region_token_means[r0:r1]),
             meta={"encoder": features.encoder, "slide_path": features.slide_path, "care_config": config.to_dict()},
         )
 

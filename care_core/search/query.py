@@ -11,7 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from care_core.errors import CareError, InvalidInputError
-from care_core.search.index import check_same_model, model_of, read_index_json, slide_name
+from care_core.search.index import (
+    check_same_model,
+    model_of,
+    read_index_json,
+    region_vectors,
+    representation_of,
+    slide_name,
+)
 
 __all__ = ["RegionIndex", "Hit", "top_k", "search_index", "search_encoding", "write_hits"]
 
@@ -90,6 +97,7 @@ class RegionIndex:
                                         "run care index on its encoding again") from None
             slide_rows.append(np.full(len(parts["n_patches"][-1]), i, np.int64))
         self.dim = int(self.info.get("embed_dim") or 0)
+        self.representation = representation_of(self.info)  # what the region vectors are (REPRESENTATIONS)
         self.slide_names = names
         matrix = parts.pop("region_embeddings", None)
         matrix = None if matrix is None else _normalised(np.concatenate(matrix) if names else np.zeros((0, self.dim)))
@@ -209,13 +217,15 @@ class RegionIndex:
 
 def search_encoding(encoding, region: int, *, k: int = 20, slide: str = "") -> list[Hit]:
     """The ``k`` regions of one slide's ``encoding`` most like its region ``region`` (itself left out), best
-    first: a search of the open slide alone, no index needed. slide: the name the hits carry."""
+    first: a search of the open slide alone, no index needed; by the regions' mean tokens (g^AR in an encoding
+    made before they were kept). slide: the name the hits carry."""
     from care_core.search.index import predicted_classes, region_geometry
 
     n = len(encoding.region_embeddings)
     if not 0 <= region < n:
         raise InvalidInputError(f"region {region} is not one of the slide's {n} regions (0..{n - 1})")
-    matrix = _normalised(encoding.region_embeddings)
+    vectors = encoding.region_token_means
+    matrix = _normalised(encoding.region_embeddings if vectors is None else vectors)
     allowed = np.arange(n) != region
     rows, sims = top_k(matrix, matrix[region], k, allowed)
     geometry, predicted = region_geometry(encoding), predicted_classes(encoding)
@@ -285,7 +295,7 @@ def search_index(index: str | os.PathLike | RegionIndex, *, slide: str | os.Path
             n = 0 if encoding.region_embeddings is None else len(encoding.region_embeddings)
             raise InvalidInputError(f"region {region} is not one of {path.name}'s {n} regions (0..{n - 1})")
         else:
-            vector = encoding.region_embeddings[region]
+            vector = region_vectors(encoding, index.representation, str(path))[region]
         query = index.check_query(vector, model=model, encoder=encoder, what=str(path))
     else:
         name = str(slide)
