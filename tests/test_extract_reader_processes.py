@@ -111,3 +111,25 @@ def test_closing_the_generator_ends_the_reader_processes(slide_path):
 def test_an_unknown_reader_is_refused(slide_path):
     with open_slide(slide_path) as slide, pytest.raises(ValueError, match=r"reader='fibers' is not one of \('threads', 'processes'\)"):
         extract_features(slide, _grid(coords(1), 128, 64, level=0), "stain-texture", device="cpu", reader="fibers")
+
+
+def _extract_in(slide_path, answers) -> None:
+    """In a daemonic process (as a dask worker runs): the process reader's refusal, sent back."""
+    try:
+        with open_slide(slide_path) as slide:
+            extract_features(slide, _grid(coords(2), 128, 64, level=0), "stain-texture", device="cpu",
+                             reader="processes")
+        answers.put("no error")
+    except Exception as exc:  # noqa: BLE001 — the message is the answer
+        answers.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_a_daemonic_process_is_told_to_read_with_threads(slide_path):
+    ctx = multiprocessing.get_context("forkserver")
+    answers = ctx.Queue()
+    child = ctx.Process(target=_extract_in, args=(slide_path, answers), daemon=True, name="worker-1")
+    child.start()
+    answer = answers.get(timeout=60)
+    child.join(timeout=10)
+    assert answer == ("ValueError: reader='processes' cannot start processes from worker-1, a daemonic process "
+                      "(e.g. a dask worker); use reader='threads' there")

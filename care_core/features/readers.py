@@ -67,6 +67,9 @@ class ProcessPatchReader:
     """
 
     def __init__(self, reader, workers: int) -> None:
+        if multiprocessing.current_process().daemon:
+            raise ValueError(f"reader='processes' cannot start processes from {multiprocessing.current_process().name}, "
+                             "a daemonic process (e.g. a dask worker); use reader='threads' there")
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["care_core.features.readers", "care_core.features.extract", "care_core.wsi"])
         slide = reader.slide
