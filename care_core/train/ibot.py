@@ -62,6 +62,15 @@ def _all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _features_on(dev: torch.device, arrays: list) -> list:
+    """The views' feature arrays as tensors on ``dev``: on CUDA one asynchronous copy of them all from pinned
+    memory (not a synchronous copy per view, student and teacher); on the CPU the arrays themselves."""
+    if dev.type != "cuda":
+        return [torch.from_numpy(a) for a in arrays]
+    flat = torch.from_numpy(np.concatenate(arrays)).pin_memory().to(dev, non_blocking=True)
+    return list(flat.split([len(a) for a in arrays]))
+
+
 def _masked_rows(batch: list, n_g: int, n_v: int):
     """int64 numpy (student rows, teacher rows, owner view) of the masked patches of the global views: rows of the
     packed patch tokens (student: every view, sample-major; teacher: the global views), owners numbered 0.. over
@@ -122,14 +131,14 @@ class IBOTObjective(nn.Module):
 
         # student: every view of every sub-WSI, sample-major (sample b, view v) -> b * n_v + v
         geoms = [g for v in batch for g in v.geometries] if batch[0].geometries is not None else None
-        s_out = self.student["care"](tensors(batch, "features"), tensors(batch, "grids"), token_mask=tensors(batch, "masks"),
-                                     geometries=geoms)
+        features = _features_on(dev, [f for v in batch for f in v.features])
+        s_out = self.student["care"](features, tensors(batch, "grids"), token_mask=tensors(batch, "masks"), geometries=geoms)
         s_logits = self.student["head"](s_out.slide_embedding)  # [B * n_v, K]
         # teacher: the global views, unmasked
-        globals_ = [(v.features[i], v.grids[i]) for v in batch for i in range(n_g)]
+        globals_ = [(features[b * n_v + i], v.grids[i]) for b, v in enumerate(batch) for i in range(n_g)]
         with torch.no_grad():
             t_geoms = None if geoms is None else [geoms[b * n_v + i] for b in range(len(batch)) for i in range(n_g)]
-            t_out = self.teacher["care"]([torch.from_numpy(f) for f, _ in globals_], [g for _, g in globals_], geometries=t_geoms)
+            t_out = self.teacher["care"]([f for f, _ in globals_], [g for _, g in globals_], geometries=t_geoms)
             t_logits = self.teacher["head"](t_out.slide_embedding).float()  # [B * n_g, K]
             t_patch_logits = self.teacher["patch_head"](t_out.patch_tokens).float()
             temp = sched["teacher_temp"]
