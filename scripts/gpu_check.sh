@@ -15,7 +15,7 @@
 # gpu_check.log (everything printed), gpu_dmon.log (nvidia-smi dmon, one line a second, with timestamps),
 # gpu_profile.json + gpu_profile/ (trace.json, top.txt, summary.json), gpu_pretrain_rotating.json,
 # gpu_pretrain_fast.json (+ their _profile/ folders), gpu_care.json, gpu_extract.json (thread and process
-# readers), gpu_pretrain.json, geometry_in_step/gpu_pretrain.json, gpu_jobs.json (the Train CARE widget's jobs)
+# readers), gpu_decode.json (JPEG tiles decoded on the GPU against CPU threads), gpu_pretrain.json, geometry_in_step/gpu_pretrain.json, gpu_jobs.json (the Train CARE widget's jobs)
 # and gpu_check.json: every JSON above in one file, under its name. ONLY="gpu_jobs pytest_gpu" runs the named steps alone. Each step has
 # its own time limit; a failing step does not stop the next one, and the script exits non-zero when any
 # step failed.
@@ -102,6 +102,7 @@ if [ "$SMOKE" = 1 ]; then
     step gpu_care 75 $PY bench/gpu_care.py --smoke
     step gpu_pretrain 110 $PY bench/gpu_pretrain.py --device cpu --batches 1 --steps 1 --patches 60
     step gpu_extract 110 $PY bench/gpu_extract.py --device cpu --n 64 --batch 32
+    step gpu_decode 60 $PY bench/gpu_decode.py --device cpu --tiles 256 --threads 2
     step gpu_pretrain_geometry_in_step 45 env OUT="$OUT/geometry_in_step" \
         $PY bench/gpu_pretrain.py --device cpu --batches 1 --steps 1 --patches 60 --geometry-in-step
     step gpu_jobs 240 $PY bench/gpu_jobs.py --smoke
@@ -109,6 +110,7 @@ else
     step gpu_care 75 $PY bench/gpu_care.py --sizes 10000 100000 --repeats 3
     step gpu_pretrain 110 $PY bench/gpu_pretrain.py --batches 32 64 128 --steps 10
     step gpu_extract 110 $PY bench/gpu_extract.py --device cuda --n 4096 --batch 128
+    step gpu_decode 60 $PY bench/gpu_decode.py --tiles 4096 --batch 128
     step gpu_pretrain_geometry_in_step 45 env OUT="$OUT/geometry_in_step" \
         $PY bench/gpu_pretrain.py --batches 64 --steps 5 --geometry-in-step
     step gpu_jobs 240 $PY bench/gpu_jobs.py
