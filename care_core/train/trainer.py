@@ -151,12 +151,13 @@ class _FiniteWatch:
         self.first = torch.where(new, step, self.first)
         self.value = torch.where(new, loss, self.value)
 
-    def check(self, run_dir: Path) -> None:
-        """A TrainingError naming the first non-finite step of any process since the run (re)started."""
+    def check(self, run_dir: Path, local: bool = False) -> None:
+        """A TrainingError naming the first non-finite step of any process since the run (re)started (``local``:
+        of this process, without a collective: where the processes may not all be, e.g. a SIGTERM's checkpoint)."""
         if self.first is None:
             return
         first = self.first
-        if self.world > 1:
+        if self.world > 1 and not local:
             import torch
             import torch.distributed as dist
 
@@ -472,9 +473,9 @@ def _train(cfg, run_dir: Path, stage: str, resume: bool, rank: int, world: int, 
     def phase(name: str):
         return prof.phase(name) if prof is not None else contextlib.nullcontext()
 
-    def checkpoint(step: int, finished: bool = False) -> Path:
+    def checkpoint(step: int, finished: bool = False, local_check: bool = False) -> Path:
         nonlocal saved
-        watch.check(run_dir)  # never a checkpoint of weights a non-finite loss has touched
+        watch.check(run_dir, local_check)  # never a checkpoint of weights a non-finite loss has touched
         path = run_dir / "checkpoints" / f"step_{step:08d}.pt"
         if rank == 0:
             _save_state(path, {
@@ -502,7 +503,7 @@ def _train(cfg, run_dir: Path, stage: str, resume: bool, rank: int, world: int, 
             break
         if STOP.is_set():  # a SIGTERM: keep what was trained since the last checkpoint, then stop
             if done > saved:
-                checkpoint(done)
+                checkpoint(done, local_check=True)
             raise Stopped(f"stopped before step {step + 1} of {total}")
         epoch = step // per_epoch
         lr = cosine_schedule(step, total, cfg.lr, cfg.min_lr, warmup)
