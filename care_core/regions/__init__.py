@@ -25,6 +25,7 @@ from care_core.regions.geometry import (
     label_raster,
     region_geometry,
     region_polygons,
+    region_extents,
     region_table,
     roi_geometry,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "label_raster",
     "region_polygons",
     "region_geometry",
+    "region_extents",
     "region_table",
     "roi_geometry",
     "region_color",

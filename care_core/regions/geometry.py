@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["label_raster", "region_polygons", "region_geometry", "roi_geometry", "region_table", "REGION_COLUMNS"]
+__all__ = ["label_raster", "region_polygons", "region_geometry", "roi_geometry", "region_extents", "region_table",
+           "REGION_COLUMNS"]
 
 REGION_COLUMNS = (
     "id", "subregion", "n_patches", "area_um2", "pi", "alpha", "beta", "centroid_x_level0", "centroid_y_level0", "is_roi",
@@ -65,6 +66,24 @@ def roi_geometry(encoding) -> tuple:
     return poly, tuple(float(v) for v in poly.bounds)
 
 
+def region_extents(encoding) -> dict[str, np.ndarray]:
+    """Per region, from its patches (level-0 px): ``n_patches`` [R] int64, ``centroid`` [R, 2] float64 mean patch
+    centre (x, y) and ``bbox`` [R, 4] int64 (x0, y0, x1, y1; -1 for a region without patches)."""
+    n = encoding.n_regions
+    region = np.asarray(encoding.patch_region, dtype=np.int64)
+    xy = np.asarray(encoding.coords, dtype=np.int64)
+    side = int(encoding.patch_size_level0)
+    count = np.bincount(region, minlength=n)
+    centre = xy + side / 2
+    centroid = np.stack([np.bincount(region, centre[:, i], minlength=n) for i in (0, 1)], 1) / np.maximum(count, 1)[:, None]
+    lo = np.full((n, 2), np.iinfo(np.int64).max)
+    hi = np.full((n, 2), np.iinfo(np.int64).min)
+    np.minimum.at(lo, region, xy)
+    np.maximum.at(hi, region, xy + side)
+    bbox = np.where(count[:, None] > 0, np.concatenate([lo, hi], 1), -1)
+    return {"n_patches": count, "centroid": centroid, "bbox": bbox}
+
+
 def region_table(encoding, *, patch_side_um: float | None = None) -> list[dict]:
     """One dict per region (keys ``REGION_COLUMNS``); area_um2 is None when the patch side in µm is unknown.
 
@@ -74,12 +93,8 @@ def region_table(encoding, *, patch_side_um: float | None = None) -> list[dict]:
     if encoding.patch_region is None or encoding.pi is None:
         raise ValueError("this SlideEncoding has no regions (e.g. from the authors' model adapter)")
     side_um = encoding.patch_side_um if patch_side_um is None else patch_side_um
-    region = encoding.patch_region
-    n_regions = len(encoding.pi)
-    counts = np.bincount(region, minlength=n_regions)
-    centres = encoding.coords + encoding.patch_size_level0 / 2.0
-    cx = np.bincount(region, weights=centres[:, 0], minlength=n_regions) / np.maximum(counts, 1)
-    cy = np.bincount(region, weights=centres[:, 1], minlength=n_regions) / np.maximum(counts, 1)
+    extents = region_extents(encoding)
+    counts, (cx, cy) = extents["n_patches"], extents["centroid"].T
     return [
         {
             "id": r,
@@ -93,5 +108,5 @@ def region_table(encoding, *, patch_side_um: float | None = None) -> list[dict]:
             "centroid_y_level0": float(cy[r]),
             "is_roi": r == encoding.roi,
         }
-        for r in range(n_regions)
+        for r in range(encoding.n_regions)
     ]

@@ -15,8 +15,8 @@ import numpy as np
 
 from care_core.errors import InvalidInputError
 
-__all__ = ["build_index", "remove_slides", "REPRESENTATIONS", "representation_of", "region_vectors", "read_index_json", "check_same_model", "model_of", "slide_name", "region_geometry", "predicted_classes",
-           "INDEX_JSON"]
+__all__ = ["build_index", "remove_slides", "REPRESENTATIONS", "representation_of", "region_vectors", "read_index_json",
+           "check_same_model", "model_of", "slide_name", "predicted_classes", "INDEX_JSON"]
 
 INDEX_JSON = "index.json"
 FORMAT = "care-region-index/1"
@@ -85,24 +85,6 @@ def check_same_model(index: dict, model: str, encoder: str, what: str) -> None:
                                 "re-extract its features with the index's encoder, or build another index")
 
 
-def region_geometry(encoding) -> dict[str, np.ndarray]:
-    """Per region: ``centroid`` [R, 2] float64 mean patch centre (x, y), ``bbox`` [R, 4] int64 (x0, y0, x1, y1)
-    and ``n_patches`` [R] int64, all in level-0 px from the patch coordinates."""
-    n = len(encoding.region_embeddings)
-    region = np.asarray(encoding.patch_region, dtype=np.int64)
-    xy = np.asarray(encoding.coords, dtype=np.int64)
-    side = int(encoding.patch_size_level0)
-    count = np.bincount(region, minlength=n)
-    centre = xy + side / 2
-    centroid = np.stack([np.bincount(region, centre[:, i], minlength=n) for i in (0, 1)], 1) / np.maximum(count, 1)[:, None]
-    lo = np.full((n, 2), np.iinfo(np.int64).max)
-    hi = np.full((n, 2), np.iinfo(np.int64).min)
-    np.minimum.at(lo, region, xy)
-    np.maximum.at(hi, region, xy + side)
-    bbox = np.where(count[:, None] > 0, np.concatenate([lo, hi], 1), -1)
-    return {"centroid": centroid, "bbox": bbox, "n_patches": count}
-
-
 def predicted_classes(encoding) -> np.ndarray:
     """[R] str: "<head>: <class>" of the first head with region predictions, "" without one."""
     n = len(encoding.region_embeddings)
@@ -122,11 +104,11 @@ def _absolute(slide_path: str) -> str:
 def _write_shard(encoding, path: Path, representation: str) -> int:
     """One slide's shard; its ``region_embeddings`` are the vectors ``representation`` names."""
     from care_core._atomic import atomic_path
+    from care_core.regions.geometry import region_extents
 
-    geometry = region_geometry(encoding)
     arrays = dict(region_embeddings=region_vectors(encoding, representation, str(path)),
                   slide_embedding=np.asarray(encoding.slide_embedding, dtype=np.float32),
-                  predicted=predicted_classes(encoding), **geometry,
+                  predicted=predicted_classes(encoding), **region_extents(encoding),
                   # each patch's top-left and region, for the outline on a result's thumbnail
                   patch_xy=np.asarray(encoding.coords, dtype=np.int32),
                   patch_region=np.asarray(encoding.patch_region, dtype=np.int32),

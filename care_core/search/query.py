@@ -42,6 +42,13 @@ class Hit:
         return 1.0 - self.similarity
 
 
+def _region_hit(rank: int, slide: str, region: int, similarity: float, meta: dict, row: int) -> Hit:
+    """A region's Hit, its geometry and predicted class from row ``row`` of ``meta`` (region_extents' arrays and
+    ``predicted``)."""
+    return Hit(rank, slide, int(region), float(similarity), tuple(float(v) for v in meta["centroid"][row]),
+               tuple(int(v) for v in meta["bbox"][row]), int(meta["n_patches"][row]), str(meta["predicted"][row]))
+
+
 def _normalised(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
@@ -209,9 +216,7 @@ class RegionIndex:
             rows, sims = self.approximate().top_k(query, k, allowed, exact=not approximate)
         else:
             rows, sims = top_k(self.regions, query, k, allowed)
-        return [Hit(i + 1, self.slide_names[self.slide_of[r]], int(self.region_of[r]), float(s),
-                    tuple(float(v) for v in self.meta["centroid"][r]), tuple(int(v) for v in self.meta["bbox"][r]),
-                    int(self.meta["n_patches"][r]), str(self.meta["predicted"][r]))
+        return [_region_hit(i + 1, self.slide_names[self.slide_of[r]], self.region_of[r], s, self.meta, r)
                 for i, (r, s) in enumerate(zip(rows, sims))]
 
 
@@ -219,7 +224,8 @@ def search_encoding(encoding, region: int, *, k: int = 20, slide: str = "") -> l
     """The ``k`` regions of one slide's ``encoding`` most like its region ``region`` (itself left out), best
     first: a search of the open slide alone, no index needed; by the regions' mean tokens (g^AR in an encoding
     made before they were kept). slide: the name the hits carry."""
-    from care_core.search.index import predicted_classes, region_geometry
+    from care_core.regions.geometry import region_extents
+    from care_core.search.index import predicted_classes
 
     n = len(encoding.region_embeddings)
     if not 0 <= region < n:
@@ -228,10 +234,8 @@ def search_encoding(encoding, region: int, *, k: int = 20, slide: str = "") -> l
     matrix = _normalised(encoding.region_embeddings if vectors is None else vectors)
     allowed = np.arange(n) != region
     rows, sims = top_k(matrix, matrix[region], k, allowed)
-    geometry, predicted = region_geometry(encoding), predicted_classes(encoding)
-    return [Hit(i + 1, slide, int(r), float(s), tuple(float(v) for v in geometry["centroid"][r]),
-                tuple(int(v) for v in geometry["bbox"][r]), int(geometry["n_patches"][r]), str(predicted[r]))
-            for i, (r, s) in enumerate(zip(rows, sims))]
+    meta = {**region_extents(encoding), "predicted": predicted_classes(encoding)}
+    return [_region_hit(i + 1, slide, r, s, meta, r) for i, (r, s) in enumerate(zip(rows, sims))]
 
 
 def write_hits(hits: Sequence[Hit], path: str | os.PathLike) -> Path:
