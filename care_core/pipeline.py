@@ -170,8 +170,6 @@ def iter_slide_pipeline(
         t = time.perf_counter()
         yield PipelineProgress("cache", 0, 1)
         encoding = SlideEncoding.load_npz(encoding_file)
-        if care is not None:  # a result cached before encodings recorded their model (a region index checks it)
-            encoding.meta.setdefault("model_sha256", model_sha256(care))
         tissue_mask, tissue_ds = _load_tissue(tissue_file)
         yield PipelineProgress("cache", 1, 1)
         timings["cache"] = time.perf_counter() - t

@@ -5,7 +5,7 @@ shows what `find_similar` returns."""
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +29,15 @@ class SimilarQuery:
 @dataclass
 class GalleryItem:
     """One answer with what the gallery shows and what a click needs: the slide file (None when it is not
-    found here), a thumbnail (None without the slide file), the region's outline (level-0 px shapely geometry,
-    None for an index shard without patches) and the slide's µm/px."""
+    found here), the region's patches and its outline (level-0 px shapely geometry; both None for an index shard
+    without patches), and a thumbnail (None without the slide file)."""
 
     hit: object  # care_core.search.Hit
     slide_path: Path | None
+    patches: tuple | None = None  # (top-left (x, y) [n, 2] of the region's patches, patch side), level-0 px
     thumbnail: np.ndarray | None = None
     geometry: object = None
-    mpp: float | None = None
-    note: str = field(default="")
+    note: str = ""
 
 
 _INDEX_LOCK = threading.Lock()
@@ -83,16 +83,16 @@ def find_similar(query: SimilarQuery) -> list[GalleryItem]:
 
         def patches(hit):
             return index.region_patches(hit.slide, hit.region)
-    items = [GalleryItem(hit, paths.get(hit.slide)) for hit in hits]
+    items = [GalleryItem(hit, paths.get(hit.slide), patches(hit)) for hit in hits]
     for item in items:
-        found = patches(item.hit)
-        if found is not None and len(found[0]):
-            item.geometry = region_polygons(np.zeros(len(found[0]), np.int64), found[0], found[1])[0]
-    _add_thumbnails(items, patches)
+        if item.patches is not None and len(item.patches[0]):
+            xy, side = item.patches
+            item.geometry = region_polygons(np.zeros(len(xy), np.int64), xy, side)[0]
+    _add_thumbnails(items)
     return items
 
 
-def _add_thumbnails(items: list[GalleryItem], patches) -> None:
+def _add_thumbnails(items: list[GalleryItem]) -> None:
     """Each item's thumbnail, reading each slide once (opened lazily, closed after)."""
     from care_core.errors import CareError
     from care_core.search.thumbs import region_thumbnail
@@ -109,9 +109,8 @@ def _add_thumbnails(items: list[GalleryItem], patches) -> None:
         try:
             with open_slide(path) as slide:
                 for item in mine:
-                    xy, side = patches(item.hit) or (None, 0)
+                    xy, side = item.patches or (None, 0)
                     item.thumbnail = region_thumbnail(slide, item.hit.bbox, xy, side, size=THUMB_PX)
-                    item.mpp = slide.mpp
         except (CareError, OSError, ValueError) as exc:
             for item in mine:
                 item.note = f"cannot read the slide ({type(exc).__name__})"
