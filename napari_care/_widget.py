@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 import threading
-import time
 from pathlib import Path
 
 import napari
@@ -36,21 +35,12 @@ from ._form import (
     optional_path,
 )
 from ._inspector import InspectorPanel, wrapping_label
-from ._layers import annotation_layer, polygon_outlines
+from ._layers import annotation_layer
 from ._result_view import ResultView
 from ._run import Placed, record_tissue_fraction, run_and_prepare
-from ._gallery import INDEX, SimilarPanel
-from ._similar import SimilarQuery, find_similar
-from ._view import (
-    OUTLINE_PX,
-    camera,
-    fit_box,
-    set_outline,
-    show_only_slide,
-    show_scale_bar,
-    update_outline_widths,
-    zoom_of,
-)
+from ._find_similar import FindSimilar
+from ._gallery import SimilarPanel
+from ._view import OUTLINE_PX, camera, show_scale_bar, update_outline_widths, zoom_of
 
 __all__ = ["CareWidget", "DEMO", "FILE", "UNTRAINED", "camera", "gui_message", "show_scale_bar"]
 
@@ -59,7 +49,7 @@ _STAGES = {"tissue": "finding tissue", "features": "patch features", "care": "CA
 MPP_DECIMALS = 6  # 'slide µm/px' shows and takes the scan's pixel size to 6 decimals
 
 
-class CareWidget(QWidget):
+class CareWidget(FindSimilar, QWidget):
     """Analyse: pick a slide layer, patch encoder, CARE checkpoint (the demo by default), heads and grid, press
     Run (a worker thread; Cancel stops at the next batch). Inspect: click a region or a table row. Export /
     import region files. Results are cached per slide file + settings, so a second Run is a file read."""
@@ -400,6 +390,7 @@ class CareWidget(QWidget):
         yield from self.view.put(layer, result, new_layers, model_label)
         self.view.highlight(None)
         self.inspector.set_encoding(result.encoding, model_label=model_label, heads=heads)
+        self._update_find_buttons()
         self.export_button.setEnabled(True)
         yield "inspector"
         self.viewer.layers.selection.active = self.layers["regions"]  # napari builds its layer controls here
@@ -416,13 +407,11 @@ class CareWidget(QWidget):
     def select_region(self, region_id: int | None, *, center: bool = False) -> None:
         """Highlight ``region_id`` (a white outline), show it in the inspector, optionally centre the view on a
         patch of it."""
-        searchable = self.result is not None and region_id is not None
-        self.find_button.setEnabled(searchable)
-        self.similar.find_button.setEnabled(searchable)
         if self.result is None:
             self.inspector.show_region(region_id)
             return
         self.inspector.show_region(region_id, None if region_id is None else self.view.composition(region_id))
+        self._update_find_buttons()
         self.view.highlight(region_id)
         if center and region_id is not None:
             self.view.centre_on(region_id)
@@ -451,75 +440,6 @@ class CareWidget(QWidget):
     def _on_mouse_move(self, _viewer, event) -> None:
         if self._showing_result():
             self.inspector.show_hover(self.region_at(event.position))
-
-    # --- find similar ------------------------------------------------------------------------------------
-    def find_similar(self):
-        """Search the regions most like the selected one (in the open slide, or the index chosen in the Similar
-        tab) in a worker, which also reads the thumbnails; the gallery fills when it is done. Returns the worker
-        (None when there is nothing to search)."""
-        region, panel = self.inspector.selected, self.similar
-        if self.result is None or region is None or self.similar_worker is not None:
-            return None
-        if panel.source.currentText() == INDEX and panel.index_folder() is None:
-            panel.status.setText("choose the index folder (made by care index), or search this slide")
-            self.tabs.setCurrentWidget(panel)
-            return None
-        path = self.view.slide.metadata["path"]
-        query = SimilarQuery(self.result.encoding, Path(path).stem, path, int(region), panel.k.value(),
-                             panel.index_folder())
-        what = f"region {region} of {query.slide}" + (f" in index {query.index.name}" if query.index else "")
-        started = time.perf_counter()
-        worker = create_worker(find_similar, query, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(lambda items: panel.show_items(items, what, time.perf_counter() - started))
-        worker.errored.connect(lambda exc: panel.status.setText(f"error: {gui_message(exc)}"))
-        worker.finished.connect(self._on_similar_finished)
-        self.similar_worker = worker
-        self.find_button.setEnabled(False)
-        panel.find_button.setEnabled(False)
-        panel.status.setText(f"searching for regions like {what}…")
-        self.tabs.setCurrentWidget(panel)
-        worker.start()
-        return worker
-
-    def _on_similar_finished(self) -> None:
-        self.similar_worker = None
-        self.find_button.setEnabled(self.inspector.selected is not None)
-        self.similar.find_button.setEnabled(self.inspector.selected is not None)
-
-    def go_to_hit(self, item) -> None:
-        """Go to a gallery answer: its region selected when it lies in the analysed slide, else its slide opened
-        (when not open yet), shown alone, and the region outlined in yellow and fitted in the view."""
-        hit, shown = item.hit, self.view.slide if self.result is not None else None
-        if shown is not None and item.slide_path is not None and _same_file(shown.metadata["path"], item.slide_path):
-            show_only_slide(self.viewer, shown)
-            self._similar_outline(shown, [])
-            self.select_region(hit.region, center=True)
-            return
-        if item.slide_path is None:
-            self.similar.status.setText(f"{hit.slide}: the slide file is not found here (the index records "
-                                        "where it was encoded); open it with File → Open")
-            return
-        layer = next((lyr for lyr in self._slide_layers() if _same_file(lyr.metadata["path"], item.slide_path)), None)
-        if layer is None:
-            layer = self.viewer.open(str(item.slide_path), plugin="napari-care")[0]
-        show_only_slide(self.viewer, layer)
-        s = float(layer.scale[-1])  # µm per level-0 px (1 without a pixel size)
-        self._similar_outline(layer, [] if item.geometry is None else polygon_outlines(item.geometry, s))
-        x0, y0, x1, y1 = hit.bbox
-        fit_box(self.viewer, (y0 * s, x0 * s, y1 * s, x1 * s))
-        self.viewer.layers.selection.active = layer
-
-    def _similar_outline(self, slide: Image, rings: list) -> None:
-        """The yellow outline of the answer gone to, in one Shapes layer kept for it (created at first use)."""
-        layer = next((lyr for lyr in self.viewer.layers if lyr.metadata.get("care_kind") == "similar"), None)
-        if layer is None:
-            if not rings:
-                return
-            layer = self.viewer.add_shapes(name="similar region", units=slide.units,  # rings are in world µm
-                                           metadata={"care_kind": "similar"})
-        layer.metadata["care_source"] = slide.name
-        set_outline(layer, rings, OUTLINE_PX["similar"] / zoom_of(self.viewer), (1.0, 0.84, 0.0, 1.0))
-        layer.visible = True
 
     # --- files -------------------------------------------------------------------------------------------
     def _ask_export(self) -> None:
@@ -573,10 +493,6 @@ class CareWidget(QWidget):
         shapes = self.viewer.add_shapes(data, **kwargs)
         self.status.setText(f"{len(annotations)} annotations from {Path(path).name}")
         return shapes
-
-
-def _same_file(a, b) -> bool:
-    return Path(a).resolve() == Path(b).resolve()
 
 
 def _preload() -> None:
