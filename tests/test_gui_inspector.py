@@ -11,6 +11,7 @@ import pytest
 from care_core.model.encoding import HeadPrediction
 from care_core.pipeline import ResultCache, iter_slide_pipeline
 from care_core.regions import read_annotations, read_label_mask
+from drain import drain
 from napari_care._widget import CareWidget
 
 pytestmark = pytest.mark.filterwarnings("ignore:grid patches are 256 px")
@@ -42,13 +43,7 @@ def shown(make_napari_viewer, small_sample, tmp_path_factory, monkeypatch):
     viewer = make_napari_viewer()
     viewer.open(str(small_sample.slide_path), plugin="napari-care")
     widget = CareWidget(viewer)
-    gen = iter_slide_pipeline(small_sample.slide_path, patch_px=256, cache=ResultCache(cache_dir / "results"))
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            result = stop.value
-            break
+    _, result = drain(iter_slide_pipeline(small_sample.slide_path, patch_px=256, cache=ResultCache(cache_dir / "results")))
     r = result.encoding.n_regions
     proba = np.tile([0.2, 0.8], (r, 1)).astype(np.float32)
     proba[0] = (0.9, 0.1)  # region 0 is tumour, the others stroma

@@ -11,23 +11,15 @@ from care_core.errors import FeatureMismatchError
 from care_core.model import CARE
 from care_core.model.checkpoint import DEMO_CHECKPOINT, read_checkpoint_meta, save_checkpoint
 from care_core.pipeline import PipelineProgress, ResultCache, SlideResult, iter_slide_pipeline
+from drain import drain
 
 pytestmark = pytest.mark.filterwarnings("ignore:grid patches are 256 px")  # small patches keep the test fast
 
 DEMO_WIDTH = read_checkpoint_meta(DEMO_CHECKPOINT).config["embed_dim"]  # what an untrained CARE is built as
 
 
-def _run(gen):
-    steps = []
-    while True:
-        try:
-            steps.append(next(gen))
-        except StopIteration as stop:
-            return steps, stop.value
-
-
 def test_progress_stages_and_result(small_sample):
-    steps, result = _run(iter_slide_pipeline(small_sample.slide_path, patch_px=256))
+    steps, result = drain(iter_slide_pipeline(small_sample.slide_path, patch_px=256))
     assert isinstance(result, SlideResult) and not result.cached and result.cache_dir is None
     enc = result.encoding
     assert steps[:2] == [PipelineProgress("tissue", 0, 1), PipelineProgress("tissue", 1, 1)]
@@ -42,27 +34,27 @@ def test_progress_stages_and_result(small_sample):
     assert result.tissue_mask.dtype == bool and result.tissue_mask.any()
     assert set(result.timings) == {"setup", "tissue", "features", "care"}
     # an untrained run is reproducible from its seed
-    _, again = _run(iter_slide_pipeline(small_sample.slide_path, patch_px=256))
+    _, again = drain(iter_slide_pipeline(small_sample.slide_path, patch_px=256))
     assert (again.encoding.slide_embedding == enc.slide_embedding).all()
 
 
 def test_cache_serves_a_second_run_and_keys_on_settings(small_sample, tmp_path):
     cache = ResultCache(tmp_path / "cache")
-    _, cold = _run(iter_slide_pipeline(small_sample.slide_path, patch_px=256, cache=cache))
+    _, cold = drain(iter_slide_pipeline(small_sample.slide_path, patch_px=256, cache=cache))
     files = sorted(p.name.split("-")[0] for p in cold.cache_dir.iterdir())
     assert files == ["encoding", "features", "tissue"] and cold.cache_dir.parent == cache.root
-    steps, warm = _run(iter_slide_pipeline(small_sample.slide_path, patch_px=256, cache=cache))
+    steps, warm = drain(iter_slide_pipeline(small_sample.slide_path, patch_px=256, cache=cache))
     assert [s.stage for s in steps] == ["cache", "cache"] and warm.cached
     np.testing.assert_array_equal(warm.encoding.patch_region, cold.encoding.patch_region)
     np.testing.assert_array_equal(warm.encoding.region_embeddings, cold.encoding.region_embeddings)
     np.testing.assert_array_equal(warm.tissue_mask, cold.tissue_mask)
     assert warm.encoding.meta["slide_size_level0"] == [3072, 2048]
     # another CARE seed reuses the features and runs CARE again
-    steps, other = _run(iter_slide_pipeline(small_sample.slide_path, patch_px=256, untrained_seed=1, cache=cache))
+    steps, other = drain(iter_slide_pipeline(small_sample.slide_path, patch_px=256, untrained_seed=1, cache=cache))
     assert [s.stage for s in steps] == ["cache", "cache", "care", "care"] and not other.cached
     assert not np.array_equal(other.encoding.slide_embedding, cold.encoding.slide_embedding)
     # another grid setting extracts again
-    steps, _ = _run(iter_slide_pipeline(small_sample.slide_path, patch_px=256, min_tissue=0.5, cache=cache))
+    steps, _ = drain(iter_slide_pipeline(small_sample.slide_path, patch_px=256, min_tissue=0.5, cache=cache))
     assert steps[0].stage == "tissue"
     assert len(list(cold.cache_dir.glob("features-*.h5"))) == 2
     size = cache.size_bytes()
@@ -76,7 +68,7 @@ def test_stop_returns_none_and_caches_nothing(small_sample, tmp_path):
     while not stop.is_set():
         if next(gen).stage == "features":
             stop.set()  # as Cancel does, mid-extraction
-    steps, result = _run(gen)
+    steps, result = drain(gen)
     assert result is None and steps == [] and cache.size_bytes() == 0
 
 
@@ -84,7 +76,7 @@ def test_checkpoint_for_another_encoder_is_refused(small_sample, tmp_path):
     ckpt = save_checkpoint(CARE.from_seed(0, input_dim=230, embed_dim=32, heads=2, spf_dim=16), tmp_path / "care",
                            encoder="uni_v2", feature_mpp=0.5, patch_px=256)
     with pytest.raises(FeatureMismatchError, match="uni_v2.*stain-texture|stain-texture.*uni_v2"):
-        _run(iter_slide_pipeline(small_sample.slide_path, model=ckpt, patch_px=256))
+        drain(iter_slide_pipeline(small_sample.slide_path, model=ckpt, patch_px=256))
 
 
 def test_heads_predict_each_region_and_are_cached(small_sample, tmp_path):
@@ -96,7 +88,7 @@ def test_heads_predict_each_region_and_are_cached(small_sample, tmp_path):
     head_path = Head(name="kind", kind="linear", input="slide", classes=("a", "b"),
                      arrays={"coef": coef, "intercept": np.array([0.0, np.log(3.0)])}).save(tmp_path / "kind")
     cache = ResultCache(tmp_path / "cache")
-    steps, result = _run(iter_slide_pipeline(small_sample.slide_path, patch_px=256, heads=[head_path], cache=cache))
+    steps, result = drain(iter_slide_pipeline(small_sample.slide_path, patch_px=256, heads=[head_path], cache=cache))
     assert [s for s in steps if s.stage == "heads"] == [PipelineProgress("heads", 0, 1), PipelineProgress("heads", 1, 1)]
     (pred,) = result.encoding.predictions
     enc = result.encoding
@@ -106,7 +98,7 @@ def test_heads_predict_each_region_and_are_cached(small_sample, tmp_path):
     np.testing.assert_allclose(pred.region_proba[:, 1], expected_b, rtol=1e-5)
     np.testing.assert_allclose(pred.slide_proba[1], 3 * np.exp(enc.slide_embedding[0]) / (1 + 3 * np.exp(enc.slide_embedding[0])),
                                rtol=1e-5)
-    _, again = _run(iter_slide_pipeline(small_sample.slide_path, patch_px=256, heads=[head_path], cache=cache))
+    _, again = drain(iter_slide_pipeline(small_sample.slide_path, patch_px=256, heads=[head_path], cache=cache))
     assert again.cached and again.encoding.predictions[0].classes == ("a", "b")
     np.testing.assert_array_equal(again.encoding.predictions[0].region_proba, pred.region_proba)
     other = Head(name="uni", kind="linear", input="slide", classes=("a", "b"), encoder="uni_v2",
