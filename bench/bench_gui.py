@@ -12,7 +12,9 @@
    layers and inspector on screen, against one Shapes polygon per region (the representation not chosen);
    and time per pan step over it, against panning over the slide alone.
 
-Run: xvfb-run -a python bench/bench_gui.py [--width-px 24000 --height-px 18000] [--skip-100k]
+Run: xvfb-run -a python bench/bench_gui.py [--width-px 24000 --height-px 18000] [--skip-100k] [--async-slicing]
+(--async-slicing: napari's experimental asynchronous slicing, Preferences > Experimental > Render Images
+Asynchronously, switched on for this process only, so the slide's tiles are read off the Qt thread.)
 """
 
 from __future__ import annotations
@@ -257,7 +259,10 @@ def main() -> None:
     parser.add_argument("--height-px", type=int, default=18000)
     parser.add_argument("--only-100k", action="store_true", help="only part 4 (over a 6000 x 4500 sample slide)")
     parser.add_argument("--skip-100k", action="store_true", help="leave part 4 out")
+    parser.add_argument("--async-slicing", action="store_true", help="napari's asynchronous slicing on")
     args = parser.parse_args()
+    if args.async_slicing:
+        os.environ["NAPARI_EXPERIMENTAL_ASYNC_"] = "1"  # napari reads its settings from the environment first
     os.environ["NAPARI_CARE_CACHE"] = tempfile.mkdtemp(prefix="bench-gui-")  # an empty cache: a first open
     os.environ.setdefault("QT_QPA_PLATFORM", "xcb")
     import napari

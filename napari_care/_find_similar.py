@@ -12,7 +12,7 @@ from napari.qt.threading import create_worker
 
 from ._form import gui_message
 from ._gallery import INDEX
-from ._layers import polygon_outlines
+from ._layers import outline_paths
 from ._similar import SimilarQuery, find_similar
 from ._view import OUTLINE_PX, fit_box, set_outline, show_only_slide, zoom_of
 
@@ -75,21 +75,21 @@ class FindSimilar:
             layer = self.viewer.open(str(item.slide_path), plugin="napari-care")[0]
         show_only_slide(self.viewer, layer)
         s = float(layer.scale[-1])  # µm per level-0 px (1 without a pixel size)
-        self._similar_outline(layer, [] if item.geometry is None else polygon_outlines(item.geometry, s))
+        self._similar_outline(layer, [] if item.geometry is None else outline_paths(item.geometry, s))
         x0, y0, x1, y1 = hit.bbox
         fit_box(self.viewer, (y0 * s, x0 * s, y1 * s, x1 * s))
         self.viewer.layers.selection.active = layer
 
-    def _similar_outline(self, slide: Image, rings: list) -> None:
+    def _similar_outline(self, slide: Image, paths: list) -> None:
         """The yellow outline of the answer gone to, in one Shapes layer kept for it (created at first use)."""
         layer = next((lyr for lyr in self.viewer.layers if lyr.metadata.get("care_kind") == "similar"), None)
         if layer is None:
-            if not rings:
+            if not paths:
                 return
-            layer = self.viewer.add_shapes(name="similar region", units=slide.units,  # rings are in world µm
+            layer = self.viewer.add_shapes(name="similar region", units=slide.units,  # paths are in world µm
                                            metadata={"care_kind": "similar"})
         layer.metadata["care_source"] = slide.name
-        set_outline(layer, rings, OUTLINE_PX["similar"] / zoom_of(self.viewer), (1.0, 0.84, 0.0, 1.0))
+        set_outline(layer, paths, OUTLINE_PX["similar"] / zoom_of(self.viewer), (1.0, 0.84, 0.0, 1.0))
         layer.visible = True
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._layers import polygon_outlines, region_layers
+from ._layers import outline_paths, region_layers
 from ._view import OUTLINE_PX, camera, set_outline, update_outline_widths, zoom_of
 
 
@@ -20,7 +20,7 @@ class ResultView:
         self.layers: dict[str, object] = {}
         self.result = None
         self.slide = None
-        self.roi_rings: list = []  # the ROI outline; the selected region's outline is drawn after it, in white
+        self.roi_paths: list = []  # the ROI outline; the selected region's outline is drawn after it, in white
         self.roi_color = (1.0, 1.0, 1.0, 1.0)
         self._annotations: tuple = ((), {})  # (which layers, {class: shapely geometry in level-0 px})
 
@@ -43,7 +43,7 @@ class ResultView:
             if meta["care_kind"] == "regions":
                 meta.update(care_encoding=enc, model=model_label)
             if meta["care_kind"] == "roi":
-                self.roi_rings, self.roi_color = list(data), kwargs["edge_color"][0]
+                self.roi_paths, self.roi_color = list(data), kwargs["edge_color"][0]
             keys.append(meta["care_kind"] + meta.get("head", ""))
             placed.append(self._put_layer(data, kwargs, kind, new_layers))
             self.layers[keys[-1]] = placed[-1]
@@ -98,9 +98,9 @@ class ResultView:
         if roi is None or roi not in self.viewer.layers:
             return
         geometry = None if region_id is None else region_geometry(self.result.encoding, region_id)
-        selected = [] if geometry is None else polygon_outlines(geometry, self.slide.metadata["mpp"])
-        colors = [self.roi_color] * len(self.roi_rings) + [(1.0, 1.0, 1.0, 1.0)] * len(selected)
-        set_outline(roi, self.roi_rings + selected, OUTLINE_PX["roi"] / zoom_of(self.viewer), colors)
+        selected = [] if geometry is None else outline_paths(geometry, self.slide.metadata["mpp"])
+        colors = [self.roi_color] * len(self.roi_paths) + [(1.0, 1.0, 1.0, 1.0)] * len(selected)
+        set_outline(roi, self.roi_paths + selected, OUTLINE_PX["roi"] / zoom_of(self.viewer), colors)
 
     def annotated_classes(self) -> dict:
         """{class: level-0 geometry} of the annotation layers over the shown slide (Shapes layers drawn or imported

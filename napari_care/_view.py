@@ -29,12 +29,38 @@ def scale_bar(viewer):
 def show_scale_bar(viewer) -> None:
     """Switch the µm scale bar on, bottom left (notifications pop up bottom right), and keep its units: every
     layer added later without units gets the slide's µm (napari drops the units of a mixed-unit scene)."""
+    keep_mesh_shaders()
     bar = scale_bar(viewer)
     bar.visible = True
     bar.position = "bottom_left"
     inserted = viewer.layers.events.inserted
     if _on_inserted not in inserted.callbacks:
         inserted.connect(_on_inserted)
+
+
+def keep_mesh_shaders() -> None:
+    """Stop vispy compiling and linking a mesh's GL program again on every data update (vispy issue 2568).
+
+    ``MeshVisual`` builds a new pass-through colour-transform shader function each time its data changes, so
+    each edit of a Shapes layer (an outline's width on zoom, the selected region's outline) and each resize of
+    the scale bar's box recompiles the same program: about 35 ms with software OpenGL. Here a mesh keeps its
+    first pass-through function (the same GLSL), so a data update only uploads buffers. Idempotent; colormapped
+    meshes (one value per vertex) keep vispy's behaviour."""
+    from vispy.visuals.mesh import MeshVisual
+
+    build = MeshVisual._build_color_transform
+    if getattr(build, "keeps_pass_through", False):
+        return
+
+    def build_once(self, colors):
+        if colors.ndim == 2 and colors.shape[1] == 1:
+            return build(self, colors)
+        if "_pass_through_color" not in self.__dict__:
+            self.__dict__["_pass_through_color"] = build(self, colors)  # vispy visuals are frozen
+        return self._pass_through_color
+
+    build_once.keeps_pass_through = True
+    MeshVisual._build_color_transform = build_once
 
 
 def _on_inserted(event) -> None:
@@ -62,15 +88,14 @@ def _is_empty(layer) -> bool:
     return False
 
 
-def set_outline(layer, rings: list, edge_width: float, edge_color) -> None:
-    """Replace a Shapes layer's polygons by ``rings`` (outlines only), keeping the layer. edge_color: one RGBA,
-    or one per ring."""
-    layer.data = [(ring, "polygon") for ring in rings]
-    if rings:
+def set_outline(layer, paths: list, edge_width: float, edge_color) -> None:
+    """Replace a Shapes layer's shapes by the closed ``paths`` (``outline_paths``), keeping the layer. edge_color:
+    one RGBA, or one per path."""
+    layer.data = [(path, "path") for path in paths]
+    if paths:
         set_edge_width(layer, edge_width)
         colors = np.asarray(edge_color, float).reshape(-1, 4)
-        layer.edge_color = colors if len(colors) == len(rings) else np.tile(colors[0], (len(rings), 1))
-        layer.face_color = "transparent"
+        layer.edge_color = colors if len(colors) == len(paths) else np.tile(colors[0], (len(paths), 1))
 
 
 def set_edge_width(layer, width: float) -> None:

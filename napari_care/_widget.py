@@ -47,6 +47,7 @@ __all__ = ["CareWidget", "DEMO", "FILE", "UNTRAINED", "camera", "gui_message", "
 _STAGES = {"tissue": "finding tissue", "features": "patch features", "care": "CARE regions",
            "heads": "predictions", "cache": "reading cached result"}
 MPP_DECIMALS = 6  # 'slide µm/px' shows and takes the scan's pixel size to 6 decimals
+STEP_PAUSE_MS = 20  # between two layers put on screen (a zero pause chains them into one stall with one draw)
 
 
 class CareWidget(FindSimilar, QWidget):
@@ -380,8 +381,8 @@ class CareWidget(FindSimilar, QWidget):
                 self.showing = False
                 self._on_error(exc)
                 return
-            if more:
-                QTimer.singleShot(0, next_step)
+            if more:  # the pause lets the window draw the layer and answer input before the next one
+                QTimer.singleShot(STEP_PAUSE_MS, next_step)
 
         next_step()
 
@@ -496,9 +497,11 @@ class CareWidget(FindSimilar, QWidget):
 
 
 def _preload() -> None:
-    """Import what a run and its layers need (torch, the model, pandas for layer features) in the background
-    when the widget opens, so pressing Run does not stall the window on first imports."""
-    import pandas  # noqa: F401  napari's Labels layer imports it on first use
+    """Import what a run and its layers need (torch, the model, pandas for layer features, skimage.color for
+    napari's label colours) in the background when the widget opens, so the first result's layers do not
+    stall the window on first imports (0.5 s for pandas, 0.16 s for skimage.color)."""
+    import pandas  # noqa: F401  napari's layers import it on first use
+    import skimage.color  # noqa: F401  napari's Labels layer imports it on first use
 
     import care_core.features  # noqa: F401
     import care_core.model.care  # noqa: F401  torch

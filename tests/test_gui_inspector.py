@@ -75,11 +75,11 @@ def test_click_selects_the_region_under_the_cursor(shown):
     def white() -> int:
         return sum(tuple(c) == (1, 1, 1, 1) for c in roi.edge_color)
 
-    assert white() >= 1 and tuple(roi.edge_color[0]) != (1, 1, 1, 1) and roi.nshapes == white() + len(widget.view.roi_rings)
+    assert white() >= 1 and tuple(roi.edge_color[0]) != (1, 1, 1, 1) and roi.nshapes == white() + len(widget.view.roi_paths)
     _click(viewer, _patch_centre_um(enc, 0))
     assert widget.inspector.selected == 0 and "tissue: <b>tumour</b> (tumour 90%, stroma 10%)" in widget.inspector.details.text()
     _click(viewer, (-50.0, -50.0))  # off the regions: nothing selected
-    assert widget.inspector.selected is None and white() == 0 and roi.nshapes == len(widget.view.roi_rings)
+    assert widget.inspector.selected is None and white() == 0 and roi.nshapes == len(widget.view.roi_paths)
     summary = widget.inspector.slide_summary.text()
     assert "<b>tissue</b>: <b>stroma</b> (tumour 30%, stroma 70%)" in summary and "<b>survival</b>: risk 1.25" in summary
     # hovering, whatever layer is selected, gives readable values

@@ -120,7 +120,7 @@ def test_roi_outline_is_drawn_3_screen_px_wide_at_every_zoom(viewer_with_slide, 
         layer.visible = layer is roi
     assert _drawn_edge_px(viewer, roi) == pytest.approx(3.0, abs=0.8)
     viewer.camera.zoom *= 12  # towards level 0
-    viewer.camera.center = roi.data[0][0]  # a corner of the outline in view
+    viewer.camera.center = roi.data[0][0]  # a point of the outline in view
     assert _drawn_edge_px(viewer, roi) == pytest.approx(3.0, abs=0.8)
     viewer.reset_view()  # Home
     assert _drawn_edge_px(viewer, roi) == pytest.approx(3.0, abs=0.8)
