@@ -3,6 +3,7 @@ or table, export them (QuPath, ASAP, OME-TIFF mask, CSV, npz) and import annotat
 
 from __future__ import annotations
 
+import gc
 import html
 import threading
 from pathlib import Path
@@ -499,9 +500,12 @@ class CareWidget(FindSimilar, QWidget):
 def _preload() -> None:
     """Import what a run and its layers need (torch, the model, pandas for layer features, skimage.color for
     napari's label colours) in the background when the widget opens, so the first result's layers do not
-    stall the window on first imports (0.5 s for pandas, 0.16 s for skimage.color)."""
+    stall the window on first imports (0.5 s for pandas, 0.16 s for skimage.color); then run the full garbage
+    collection these imports make due (0.25 s with torch loaded), so it does not fall in a later moment."""
     import pandas  # noqa: F401  napari's layers import it on first use
     import skimage.color  # noqa: F401  napari's Labels layer imports it on first use
 
     import care_core.features  # noqa: F401
     import care_core.model.care  # noqa: F401  torch
+
+    gc.collect()  # now, not during the first result's layers (Python's first full collection after these imports)
