@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+from drain import drain
 
 from care_core.errors import InvalidInputError
 from napari_care._train_inputs import STAGE1, JobInputs, labels_csv, layer_class, plan_job
@@ -17,9 +18,7 @@ def test_features_the_window_made_are_linked_and_the_rest_extracted(small_sample
     from care_core.pipeline import ResultCache, iter_slide_pipeline
 
     monkeypatch.setenv("NAPARI_CARE_CACHE", str(tmp_path / "cache"))
-    gen = iter_slide_pipeline(small_sample.slide_path, model=DEMO_CHECKPOINT, cache=ResultCache.default())
-    for _ in gen:  # what pressing Run CARE leaves in the cache
-        pass
+    drain(iter_slide_pipeline(small_sample.slide_path, model=DEMO_CHECKPOINT, cache=ResultCache.default()))  # Run CARE
     other = tmp_path / "other.svs"
     other.write_bytes(b"")  # never read: it has no features, so it is planned for extraction
     inputs = JobInputs(job=STAGE1, run_dir=tmp_path / "run", model=DEMO_CHECKPOINT,
