@@ -34,6 +34,9 @@ def test_a_mesh_data_update_keeps_its_gl_program():
     # a colormapped mesh (one value per vertex) still gets its colormap transform
     assert _updated(mesh, vertices=TRIANGLE, faces=faces, vertex_values=np.array([0.0, 0.5, 1.0]))
     assert "cmap" in mesh._program.vert.compile()
+    # and back to colours: built once more, with the pass-through again
+    assert _updated(mesh, vertices=TRIANGLE, faces=faces, face_colors=np.array([[0, 0, 1.0, 1]]))
+    assert "cmap" not in mesh._program.vert.compile() and "return color;" in mesh._program.vert.compile()
 
 
 def test_outlines_are_closed_paths_from_an_edge_midpoint():
