@@ -96,7 +96,6 @@ def outline_layer(geometry, mpp: float, *, name: str, color, kind: str, zoom: fl
             "name": name,
             "shape_type": "path",
             "edge_color": [_rgba(color)],
-            "face_color": "transparent",
             "edge_width": ROI_SCREEN_PX / max(zoom, 1e-9),
             "units": ("µm", "µm"),
             "metadata": {"care_kind": kind},

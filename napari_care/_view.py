@@ -28,7 +28,9 @@ def scale_bar(viewer):
 
 def show_scale_bar(viewer) -> None:
     """Switch the µm scale bar on, bottom left (notifications pop up bottom right), and keep its units: every
-    layer added later without units gets the slide's µm (napari drops the units of a mixed-unit scene)."""
+    layer added later without units gets the slide's µm (napari drops the units of a mixed-unit scene). Called
+    wherever a slide is put in a viewer (the reader, the widget), it also stops vispy rebuilding a mesh's shader
+    on each update (``keep_mesh_shaders``): the scale bar's box and every outline are meshes."""
     keep_mesh_shaders()
     bar = scale_bar(viewer)
     bar.visible = True

@@ -35,15 +35,21 @@ def _click(viewer, position) -> None:
     mouse_release_callbacks(viewer, event)
 
 
+def slide_with_result(make_napari_viewer, slide_path, cache_dir, monkeypatch, patch_px: int):
+    """(viewer with the slide open, a CareWidget on it, the untrained CARE result of the slide at ``patch_px``),
+    results cached under ``cache_dir``; the result is not shown yet."""
+    monkeypatch.setenv("NAPARI_CARE_CACHE", str(cache_dir))
+    viewer = make_napari_viewer()
+    viewer.open(str(slide_path), plugin="napari-care")
+    _, result = drain(iter_slide_pipeline(slide_path, patch_px=patch_px, cache=ResultCache(cache_dir / "results")))
+    return viewer, CareWidget(viewer), result
+
+
 @pytest.fixture
 def shown(make_napari_viewer, small_sample, tmp_path_factory, monkeypatch):
     """A viewer with the small slide, the widget, and a CARE result carrying two heads' predictions."""
-    cache_dir = tmp_path_factory.getbasetemp() / "gui_cache"
-    monkeypatch.setenv("NAPARI_CARE_CACHE", str(cache_dir))
-    viewer = make_napari_viewer()
-    viewer.open(str(small_sample.slide_path), plugin="napari-care")
-    widget = CareWidget(viewer)
-    _, result = drain(iter_slide_pipeline(small_sample.slide_path, patch_px=256, cache=ResultCache(cache_dir / "results")))
+    viewer, widget, result = slide_with_result(make_napari_viewer, small_sample.slide_path,
+                                               tmp_path_factory.getbasetemp() / "gui_cache", monkeypatch, 256)
     r = result.encoding.n_regions
     proba = np.tile([0.2, 0.8], (r, 1)).astype(np.float32)
     proba[0] = (0.9, 0.1)  # region 0 is tumour, the others stroma

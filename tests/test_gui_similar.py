@@ -9,28 +9,20 @@ import shutil
 import numpy as np
 import pytest
 
-from care_core.pipeline import ResultCache, iter_slide_pipeline
 from care_core.search import build_index
 from care_core.search.thumbs import OUTLINE_RGB
 from napari_care._gallery import INDEX
 from napari_care._view import camera, zoom_of
-from napari_care._widget import CareWidget
 
-from drain import drain
-from test_gui_inspector import _click
+from test_gui_inspector import _click, slide_with_result
 
 pytestmark = pytest.mark.filterwarnings("ignore:grid patches are 128 px")
 
 
 @pytest.fixture
 def shown(make_napari_viewer, small_sample, tmp_path_factory, monkeypatch):
-    cache_dir = tmp_path_factory.getbasetemp() / "gui_similar_cache"
-    monkeypatch.setenv("NAPARI_CARE_CACHE", str(cache_dir))
-    viewer = make_napari_viewer()
-    viewer.open(str(small_sample.slide_path), plugin="napari-care")
-    widget = CareWidget(viewer)
-    _, result = drain(iter_slide_pipeline(small_sample.slide_path, patch_px=128,  # 6 regions
-                                          cache=ResultCache(cache_dir / "results")))
+    viewer, widget, result = slide_with_result(make_napari_viewer, small_sample.slide_path,  # 128 px: 6 regions
+                                               tmp_path_factory.getbasetemp() / "gui_similar_cache", monkeypatch, 128)
     widget.show_result(viewer.layers[0], result, "untrained (seed 0)")
     return viewer, widget, result.encoding
 
@@ -59,7 +51,7 @@ def test_find_similar_in_the_open_slide_fills_the_gallery_in_cosine_order(qtbot,
         assert item.thumbnail.shape == (128, 128, 3) and (item.thumbnail == OUTLINE_RGB).all(axis=2).any()
     caption = widget.similar.gallery.item(0).text()
     assert caption.startswith(f"small\nregion {items[0].hit.region} · d {1 - items[0].hit.similarity:.3f}")
-    assert widget.similar.status.text().startswith(f"3 regions like region 1 of small (")
+    assert widget.similar.status.text().startswith("3 regions like region 1 of small (")
 
     widget.similar.gallery.itemClicked.emit(widget.similar.gallery.item(1))  # an answer in this slide: selected
     assert widget.inspector.selected == items[1].hit.region

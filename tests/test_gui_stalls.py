@@ -1,9 +1,12 @@
 """GUI: what keeps the window answering (issue 19's stall goal): a mesh's data update (an outline's width on
-zoom, a selected region's outline, the scale bar's box) uploads buffers and does not rebuild its GL program."""
+zoom, a selected region's outline, the scale bar's box) uploads buffers and does not rebuild its GL program;
+outlines are paths (no face to triangulate); the widget's preload runs the garbage collection its imports make
+due; a result's layers go on screen one per turn of the event loop."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from vispy.visuals import MeshVisual
 
 from napari_care._view import keep_mesh_shaders
@@ -67,4 +70,26 @@ def test_the_widget_preload_ends_with_the_full_garbage_collection_its_imports_ma
     full = gc.get_stats()[2]["collections"]
     _preload()  # imports done: only its own collection
     assert gc.get_stats()[2]["collections"] == full + 1
-    assert gc.get_count()[2] == 0  # no young generation collections counted towards the next full one yet
+
+
+@pytest.mark.filterwarnings("ignore:grid patches are 256 px")
+def test_a_staged_result_lets_the_event_loop_run_between_its_layers(make_napari_viewer, small_sample, tmp_path,
+                                                                   monkeypatch, qtbot):
+    """Each new layer is put on screen in its own turn of the Qt event loop: a 5 ms timer ticks between any two
+    (chained without a pause, two layers were created in one turn, then drawn together)."""
+    import time
+
+    from qtpy.QtCore import QTimer
+    from test_gui_inspector import slide_with_result
+
+    viewer, widget, result = slide_with_result(make_napari_viewer, small_sample.slide_path, tmp_path, monkeypatch, 256)
+    ticks, added = [], []
+    viewer.layers.events.inserted.connect(lambda _e: added.append(time.perf_counter()))
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(5)
+    widget.show_result(viewer.layers[0], result, "untrained (seed 0)", staged=True)
+    qtbot.waitUntil(lambda: not widget.busy(), timeout=60_000)
+    timer.stop()
+    assert len(added) == 4  # tissue, π, regions, ROI
+    assert all(any(a < t < b for t in ticks) for a, b in zip(added, added[1:]))
